@@ -1,0 +1,1 @@
+"""Built-in hgltr plugins; each module is registered through its own entry point in pyproject.toml."""

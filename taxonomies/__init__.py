@@ -1,0 +1,1 @@
+"""Shipped hierarchy files for known datasets (see README.md here)."""
