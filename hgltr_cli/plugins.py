@@ -104,14 +104,16 @@ def _fill_registries(plugins: Plugins, report) -> None:
         caller = getattr(plugins.pm.hook, hook_name)
         registry = plugins.registries[kind]
         for impl in reversed(caller.get_hookimpls()):  # registration order
-            def register(name, factory, *, config=None, description="", _plugin=impl.plugin_name, **extra):
-                return registry.add(name, factory, config=config, description=description, plugin=_plugin, **extra)
+            def register(name, factory, *, config=None, description="", _plugin=impl.plugin_name, _hook=hook_name,
+                         **extra):
+                try:
+                    return registry.add(name, factory, config=config, description=description, plugin=_plugin, **extra)
+                except DuplicateComponentError as exc:  # reported; using the ambiguous name is an error
+                    plugins.failures.append(PluginFailure(_plugin, _hook, exc.message))
+                    report(exc.message)
+                    return None
             try:
-                kwargs = {a: register for a in impl.argnames if a == "register"}
-                impl.function(**kwargs)
-            except DuplicateComponentError as exc:  # reported; using the name is an error
-                plugins.failures.append(PluginFailure(impl.plugin_name, hook_name, exc.message))
-                report(exc.message)
+                impl.function(**{a: register for a in impl.argnames if a == "register"})
             except Exception as exc:  # noqa: BLE001
                 plugins.failures.append(PluginFailure(impl.plugin_name, hook_name, f"{type(exc).__name__}: {exc}"))
                 report(f"plugin {impl.plugin_name!r} failed in {hook_name} ({type(exc).__name__}: {exc}).")
