@@ -1,0 +1,39 @@
+"""A third-party plugin installed with pip (a real install) shows up everywhere."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from foundation.test_cli import run
+
+EXAMPLE = REPO / "plugins" / "examples" / "hgltr-example"
+
+
+@pytest.fixture(scope="module")
+def installed_example():
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", str(EXAMPLE)], check=True, timeout=300)
+    yield
+    subprocess.run([*pip, "uninstall", "-y", "hgltr-example"], check=True, timeout=120)
+
+
+def test_example_plugin_is_listed_with_its_distribution(installed_example):
+    info = {p["name"]: p for p in json.loads(run("plugins", "--json").stdout)}
+    example = info["example"]
+    assert example["distribution"] == "hgltr-example" and example["version"] == "0.1.0"
+    assert example["status"] == "ok"
+    assert example["components"] == {"hierarchies": ["initial-letter"], "losses": ["smoothed-ce"]}
+    assert "register_commands" in example["hooks"]
+
+
+def test_example_components_and_command_work(installed_example):
+    losses = {r["name"]: r for r in json.loads(run("list", "losses", "--json").stdout)}
+    assert losses["smoothed-ce"]["options"] == {"smoothing": 0.1}
+    assert losses["smoothed-ce"]["plugin"] == "example"
+    sources = [r["name"] for r in json.loads(run("list", "hierarchies", "initial-*", "--json").stdout)]
+    assert sources == ["initial-letter"]
+    assert "hello, tester" in run("example-hello", "--name", "tester").stdout
