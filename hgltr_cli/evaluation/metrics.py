@@ -251,11 +251,19 @@ def expected_calibration_error(
 # ---------------------------------------------------------------- hierarchy
 
 def capped_distances(H: torch.Tensor) -> torch.Tensor:
-    """H (float64) with +inf (LCA at the root) replaced by max finite H + 1."""
-    H = H.double()
-    finite = H[torch.isfinite(H)]
-    cap = (finite.max().item() if finite.numel() else 0.0) + 1.0
-    return torch.where(torch.isinf(H), torch.full_like(H, cap), H)
+    """H with +inf (LCA at the root) replaced by max finite H + 1.
+
+    Keeps H's float dtype: at K = 8,142 a float64 copy would be 530 MB, and LCA distances
+    are small integers, exact in float32. Sums over it are taken in float64.
+    """
+    H = H.detach().cpu()
+    if not H.is_floating_point():
+        H = H.float()
+    inf = torch.isinf(H)
+    out = H.masked_fill(inf, float("-inf"))  # the only (K, K) copy
+    top = out.max().item() if out.numel() else 0.0
+    cap = (top if math.isfinite(top) else 0.0) + 1.0
+    return out.masked_fill_(inf, cap)
 
 
 def mistake_severity(preds: torch.Tensor, targets: torch.Tensor, H: torch.Tensor) -> float:
@@ -265,12 +273,12 @@ def mistake_severity(preds: torch.Tensor, targets: torch.Tensor, H: torch.Tensor
     wrong = preds != targets
     if not bool(wrong.any()):
         return float("nan")
-    return Hc[targets[wrong], preds[wrong]].mean().item()
+    return Hc[targets[wrong], preds[wrong]].double().mean().item()
 
 
 def _ahd_sum(top: torch.Tensor, targets: torch.Tensor, Hc: torch.Tensor) -> float:
     # Sum over samples of the mean capped distance from the target to each top-k class.
-    d = Hc[targets[:, None], top]  # (N, k)
+    d = Hc[targets[:, None], top].double()  # (N, k)
     return d.mean(dim=1).sum().item()
 
 
@@ -434,7 +442,7 @@ class Accumulator:
         self.bins.add(calibration_bins(conf, hit, self.bins.n_bins))
         if self.H is not None:
             wrong = ~hit
-            self.severity_sum += self.H[y[wrong], pred[wrong]].sum().item()
+            self.severity_sum += self.H[y[wrong], pred[wrong]].double().sum().item()
             for k in self.ahd_k:
                 self.ahd_sum[k] += _ahd_sum(top[:, : min(k, K)], y, self.H)
         self.pairs = _merge_pairs(self.pairs, mistake_pairs(pred, y, K))
