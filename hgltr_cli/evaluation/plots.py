@@ -66,7 +66,7 @@ def plot_accuracy_vs_train_count(
         ax.set_xscale("symlog", linthresh=1)
     else:
         ax.set_xscale("log")
-    for threshold, label in ((many_above, "many"), (few_below, "few")):
+    for threshold in (many_above, few_below):
         if threshold is not None:
             ax.axvline(threshold, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlabel("training images per class (log)")
