@@ -1,0 +1,224 @@
+"""torch Datasets, samplers and DataLoaders for a DatasetSource split.
+
+Reproducibility: the sampler yields (index, augmentation seed) pairs drawn from (seed, epoch);
+each sample's random crop/flip is drawn under its own seed. So the batches of an epoch are
+identical for 0, 1 or N workers, persistent or not, and a run resumed at epoch e sees exactly
+the batches an uninterrupted run sees. DDP: every rank computes the same global order and
+takes its shard (rank::world_size), padded for training like torch's DistributedSampler.
+
+Bad images: workers never raise for an undecodable file; they return a marker that the
+collate function pulls out of the batch. The main process then raises `BadImageError`
+(clean message naming the file) or, with skip_bad_images, records it in a BadImageReport
+and yields the batch without it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hgltr_cli.data.images import BadImageError, BadImageReport
+from hgltr_cli.data.source import Split
+from hgltr_cli.errors import HgltrError
+
+SamplerMode = Literal["random", "class-balanced", "sequential"]
+
+
+@dataclass(frozen=True)
+class _Bad:
+    source: str
+    reason: str
+
+
+class ImageDataset(Dataset):
+    """Decoded, transformed samples of a Split; keys are an index or (index, augmentation seed)."""
+
+    def __init__(self, split: Split, transform: Callable | None, draft_size: int | None = None):
+        self.split = split
+        self.transform = transform
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        try:
+            img = self.split.load(int(i), draft_size=self.draft_size)
+        except BadImageError as exc:
+            return _Bad(exc.source, exc.reason)
+        label = int(self.split.labels[i])
+        if self.transform is None:
+            return img, label
+        if seed is None:
+            return self.transform(img), label
+        with torch.random.fork_rng(devices=[]):  # never disturb the caller's RNG stream
+            torch.manual_seed(int(seed))
+            return self.transform(img), label
+
+
+def collate_skipping(batch: list) -> tuple[Any, Any, list[tuple[str, str]]]:
+    """Default collate of the good samples, plus the (source, reason) of the bad ones."""
+    good = [b for b in batch if not isinstance(b, _Bad)]
+    bad = [(b.source, b.reason) for b in batch if isinstance(b, _Bad)]
+    if not good:
+        return None, None, bad
+    images = torch.stack([g[0] for g in good]) if torch.is_tensor(good[0][0]) else [g[0] for g in good]
+    labels = torch.tensor([g[1] for g in good], dtype=torch.long)
+    return images, labels, bad
+
+
+class EpochSampler(Sampler):
+    """Seeded per-epoch order for one rank: random permutation, class-balanced draws, or sequential.
+
+    class-balanced: each draw picks a class uniformly among the classes present, then one of
+    its samples uniformly (with replacement); an epoch has `num_samples` draws (default: the
+    split size). Call `set_epoch(e)` before each epoch (the loader's `set_epoch` does).
+    """
+
+    def __init__(self, labels: Sequence[int], mode: SamplerMode = "random", *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, num_samples: int | None = None, drop_last: bool = False):
+        if mode not in ("random", "class-balanced", "sequential"):
+            raise HgltrError(f"unknown sampler {mode!r}; use random, class-balanced or sequential.")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise HgltrError(f"invalid rank {rank} for world size {world_size}.")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.mode = mode
+        self.seed = int(seed)
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.total = int(num_samples if num_samples is not None else len(self.labels))
+        self.epoch = 0
+        if mode == "class-balanced":
+            self._by_class = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _global(self) -> tuple[np.ndarray, np.ndarray | None]:
+        rng = np.random.Generator(np.random.PCG64([self.seed, self.epoch, 0x681]))
+        n = self.total
+        if self.mode == "sequential":
+            return np.arange(len(self.labels)), None
+        if self.mode == "random":
+            order = rng.permutation(len(self.labels))[:n] if n <= len(self.labels) else \
+                rng.integers(0, len(self.labels), size=n)
+        else:
+            cls = rng.integers(0, len(self._by_class), size=n)
+            sizes = np.array([len(ix) for ix in self._by_class])
+            pos = (rng.random(n) * sizes[cls]).astype(np.int64)
+            order = np.array([self._by_class[c][p] for c, p in zip(cls, pos)], dtype=np.int64)
+        seeds = rng.integers(0, 2**62, size=len(order), dtype=np.int64)
+        return order, seeds
+
+    def _shard(self, arr: np.ndarray) -> np.ndarray:
+        if self.world_size == 1:
+            return arr
+        if self.mode == "sequential":  # eval: no duplicates, ranks may differ by one sample
+            return arr[self.rank::self.world_size]
+        n = len(arr)
+        if self.drop_last:
+            arr = arr[: n - n % self.world_size]
+        elif n % self.world_size:
+            pad = self.world_size - n % self.world_size
+            arr = np.concatenate([arr, np.resize(arr, pad)])
+        return arr[self.rank::self.world_size]
+
+    def indices(self) -> list:
+        order, seeds = self._global()
+        order = self._shard(order)
+        if seeds is None:
+            return [int(i) for i in order]
+        seeds = self._shard(seeds)
+        return list(zip(order.tolist(), seeds.tolist()))
+
+    def __iter__(self) -> Iterator:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        n = len(self.labels) if self.mode == "sequential" else self.total
+        if self.world_size == 1:
+            return n
+        if self.mode == "sequential":
+            return len(range(self.rank, n, self.world_size))
+        return n // self.world_size if self.drop_last else -(-n // self.world_size)
+
+
+def distributed_sampler(labels: Sequence[int], rank: int, world_size: int, *, mode: SamplerMode = "random",
+                        seed: int = 0, num_samples: int | None = None, drop_last: bool = False) -> EpochSampler:
+    """The sampler of one DDP rank (same global order on every rank, rank::world_size shard)."""
+    return EpochSampler(labels, mode, seed=seed, rank=rank, world_size=world_size, num_samples=num_samples,
+                        drop_last=drop_last)
+
+
+class HgltrLoader:
+    """Iterates (images, labels) batches; bad images raise or are skipped into `report`."""
+
+    def __init__(self, loader: DataLoader, sampler: EpochSampler, skip_bad_images: bool, report: BadImageReport):
+        self.loader = loader
+        self.sampler = sampler
+        self.skip_bad_images = skip_bad_images
+        self.report = report
+
+    @property
+    def dataset(self) -> ImageDataset:
+        return self.loader.dataset
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.loader.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels, bad in self.loader:
+            if bad:
+                if not self.skip_bad_images:
+                    raise BadImageError(*bad[0])
+                self.report.extend(bad)
+            if images is None:  # every sample of the batch was bad
+                continue
+            yield images, labels
+
+
+def build_loader(split: Split, transform: Callable | None, *, batch_size: int, sampler: SamplerMode = "random",
+                 seed: int = 0, workers: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                 num_samples: int | None = None, skip_bad_images: bool = False,
+                 report: BadImageReport | None = None, pin_memory: bool | None = None,
+                 persistent_workers: bool | None = None, prefetch_factor: int | None = None,
+                 draft_size: int | None = None) -> HgltrLoader:
+    """A DataLoader over `split` with the hgltr sampler; use sampler="sequential" for val/test.
+
+    pin_memory defaults to True when CUDA is available and workers > 0; persistent workers
+    default to True when workers > 0 (no re-spawn cost per epoch).
+    """
+    if batch_size < 1:
+        raise HgltrError(f"batch size must be >= 1, got {batch_size}.")
+    if workers < 0:
+        raise HgltrError(f"dataset.workers must be >= 0, got {workers}.")
+    if len(split) == 0:
+        raise HgltrError("cannot build a loader over an empty split.")
+    drop_last = drop_last and sampler != "sequential"  # evaluation never drops samples
+    smp = EpochSampler(split.labels, sampler, seed=seed, rank=rank, world_size=world_size,
+                       num_samples=num_samples, drop_last=drop_last)
+    if pin_memory is None:
+        pin_memory = workers > 0 and torch.cuda.is_available()
+    if persistent_workers is None:
+        persistent_workers = workers > 0
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs["persistent_workers"] = persistent_workers
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+    dl = DataLoader(ImageDataset(split, transform, draft_size), batch_size=batch_size, sampler=smp,
+                    num_workers=workers, collate_fn=collate_skipping, pin_memory=pin_memory,
+                    drop_last=drop_last, **kwargs)
+    return HgltrLoader(dl, smp, skip_bad_images, report if report is not None else BadImageReport())
