@@ -1,0 +1,142 @@
+"""`lora`: low-rank deltas on the query and value projections of every ViT block.
+
+How LoRA is inserted: each block's attention module (open_clip's `Attention` or
+`nn.MultiheadAttention`, both keep q, k, v packed in `in_proj_weight`) is replaced by
+:class:`LoRAAttention`, which *reuses* the frozen `in_proj_weight`, `in_proj_bias` and
+`out_proj` under their original names (state-dict keys do not change) and adds
+
+    q = x W_q^T + b_q + (1/r) * (x A_q) B_q,      v = x W_v^T + b_v + (1/r) * (x A_v) B_v
+
+before scaled-dot-product attention. A: d x r, Kaiming-uniform; B: r x d, zero (so step 0 is
+the pre-trained function); scaling 1/r (LIFT's code). `merge()` folds (1/r) (A B)^T into the
+frozen q/v rows of `in_proj_weight` for export; `unmerge()` takes it out again.
+Per block 4*d*r parameters: ViT-B/16 with r=64 gives 12 * 196,608 = 2,359,296, plus h_t
+395,008 = 2,754,304 (the paper's Table 6: 2.76M).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hgltr_cli import hookimpl
+from hgltr_cli.errors import HgltrError
+from hgltr_cli.model.peft_api import PeftMethod, VisionTrunk, qkv_projection, sdpa_attention
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 64  # r; Table 6's 2.76M is rank 64 on q and v
+    blocks: str = "all"
+
+    def validate(self):
+        if self.rank < 1:
+            raise ValueError("rank must be >= 1")
+
+
+class LowRank(nn.Module):
+    """x -> (x A) B * scaling."""
+
+    def __init__(self, dim_in: int, dim_out: int, rank: int):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(dim_in, rank))
+        self.B = nn.Parameter(torch.zeros(rank, dim_out))
+        self.scaling = 1.0 / rank
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.A) @ self.B * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        """The same map as an nn.Linear weight (out x in)."""
+        return (self.A @ self.B).t() * self.scaling
+
+
+class LoRAAttention(nn.Module):
+    """Multi-head self-attention with LoRA on q and v; frozen weights keep their original names."""
+
+    def __init__(self, attn: nn.Module, rank: int):
+        super().__init__()
+        _check_plain_attention(attn)
+        weight, bias, out_proj, heads = qkv_projection(attn)
+        self.in_proj_weight = weight
+        self.in_proj_bias = bias
+        self.out_proj = out_proj
+        self.num_heads = heads
+        self.dim = weight.shape[1]
+        self.lora_q = LowRank(self.dim, self.dim, rank)
+        self.lora_v = LowRank(self.dim, self.dim, rank)
+        self.merged = False
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        if not self.merged:
+            q = q + self.lora_q(x)
+            v = v + self.lora_v(x)
+        return sdpa_attention(x, q, k, v, self.num_heads, self.out_proj, attn_mask)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            return
+        d = self.dim
+        self.in_proj_weight[:d] += self.lora_q.delta_weight().to(self.in_proj_weight.dtype)
+        self.in_proj_weight[2 * d:] += self.lora_v.delta_weight().to(self.in_proj_weight.dtype)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        d = self.dim
+        self.in_proj_weight[:d] -= self.lora_q.delta_weight().to(self.in_proj_weight.dtype)
+        self.in_proj_weight[2 * d:] -= self.lora_v.delta_weight().to(self.in_proj_weight.dtype)
+        self.merged = False
+
+
+def _check_plain_attention(attn: nn.Module) -> None:
+    """LoRAAttention recomputes attention itself: refuse variants it would silently change."""
+    if isinstance(attn, nn.MultiheadAttention):
+        if not attn.batch_first or not attn._qkv_same_embed_dim:
+            raise HgltrError("LoRA supports batch-first self-attention only.")
+        return
+    extras = [n for n in ("logit_scale", "head_scale") if getattr(attn, n, None) is not None]
+    extras += [n for n in ("ln_q", "ln_k", "ln_inner") if not isinstance(getattr(attn, n, nn.Identity()), nn.Identity)]
+    if extras:
+        raise HgltrError(f"LoRA does not support attention with {', '.join(extras)} (scaled-cosine / qk-norm variants).",
+                         "Use the adapter or lift PEFT method for this model.")
+
+
+class LoRA(PeftMethod):
+    name = "lora"
+    config_class = LoRAConfig
+    mergeable = True
+
+    def apply(self, trunk: VisionTrunk) -> None:
+        self.check_trunk(trunk)
+        for i in trunk.select_blocks(self.config.blocks):
+            block = trunk.blocks[i]
+            block.attn = LoRAAttention(block.attn, self.config.rank)
+            self.modules.append(block.attn)
+        self.applied = True
+
+    def learnable_parameters(self):
+        for mod in self.modules:
+            yield from (*mod.lora_q.parameters(), *mod.lora_v.parameters())
+
+    def merge(self) -> None:
+        for mod in self.modules:
+            mod.merge()
+
+    def unmerge(self) -> None:
+        for mod in self.modules:
+            mod.unmerge()
+
+
+@hookimpl
+def register_peft_methods(register):
+    register("lora", LoRA, config=LoRAConfig, description="LoRA (rank r, scaling 1/r) on the query and value projections")
