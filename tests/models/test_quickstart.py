@@ -157,3 +157,9 @@ def test_registered_through_its_entry_point(fresh_plugins):
     assert comp.extra["default_pretrained"] == "wheels"
     assert comp.extra["feature_dim"] == qs.FEATURE_DIM
     assert comp.extra["preprocess"]["size"] == 224
+
+
+def test_weights_id_names_the_exact_backbone(model):
+    wid = model.hgltr_info["weights_id"]
+    assert wid.startswith("sha256:") and wid == qs.weights_id("wheels")
+    assert wid != qs.weights_id("none") != qs.weights_id("wheels", projection_seed=1)
