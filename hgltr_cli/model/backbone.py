@@ -252,6 +252,9 @@ def _load_state_dict_into(model: nn.Module, sd: dict, source: str, name: str) ->
     if getattr(model, "logit_bias", None) is not None and "logit_bias" not in sd:
         sd["logit_bias"] = torch.zeros_like(model.logit_bias)
     sd.pop("text.transformer.embeddings.position_ids", None)
+    own_keys = set(model.state_dict())
+    for key in [n for n, _ in model.named_buffers() if n not in own_keys]:  # non-persistent (e.g. attn_mask)
+        sd.pop(key, None)
     resize_pos_embed(sd, model)
     resize_text_pos_embed(sd, model)
     own = model.state_dict()
