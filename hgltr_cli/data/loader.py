@@ -178,10 +178,20 @@ class HgltrLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def close(self) -> None:
+        """Stop worker processes now (they would otherwise live until garbage collection)."""
+        it = getattr(self.loader, "_iterator", None)
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+        if it is not None:
+            self.loader._iterator = None
+
     def __iter__(self):
         for images, labels, bad in self.loader:
             if bad:
                 if not self.skip_bad_images:
+                    self.close()  # the run stops here: do not leave workers blocked on a full queue
                     raise BadImageError(*bad[0])
                 self.report.extend(bad)
             if images is None:  # every sample of the batch was bad
@@ -218,7 +228,9 @@ def build_loader(split: Split, transform: Callable | None, *, batch_size: int, s
         kwargs["persistent_workers"] = persistent_workers
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
+    # own generator: DataLoader draws its worker base seed from it, not from the caller's global RNG
+    gen = torch.Generator().manual_seed(int(seed))
     dl = DataLoader(ImageDataset(split, transform, draft_size), batch_size=batch_size, sampler=smp,
                     num_workers=workers, collate_fn=collate_skipping, pin_memory=pin_memory,
-                    drop_last=drop_last, **kwargs)
+                    drop_last=drop_last, generator=gen, **kwargs)
     return HgltrLoader(dl, smp, skip_bad_images, report if report is not None else BadImageReport())
