@@ -40,31 +40,32 @@ def tree_distance(paths: Sequence[Sequence[int]], kind: str = "pair-depth") -> t
     for i, p in enumerate(paths):
         table[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.int64)
     lengths = torch.tensor([len(p) for p in paths], dtype=torch.int64)
-    # lca[a, b] = number of shared nodes below the root = LCA depth (root = 0)
-    lca = torch.zeros((k, k), dtype=torch.int16)
-    common = torch.ones((k, k), dtype=torch.bool)
-    for level in range(1, depth_max):
-        col = table[:, level]
-        common &= (col[:, None] == col[None, :]) & (col >= 0)[:, None]
-        if not bool(common.any()):
-            break
-        lca += common
-    if kind == "pair-depth":
-        below = (lengths - 1).to(torch.float32)
-        d = lca.to(torch.float32)
-        h = torch.maximum(below[:, None] - d, below[None, :] - d)
-    else:
-        n_nodes = int(table.max()) + 1
-        height = torch.zeros(n_nodes, dtype=torch.float32)
-        pos = torch.arange(depth_max)
+    below = (lengths - 1).to(torch.float32)  # edges root -> class
+    if kind == "lca-height":
+        height = torch.zeros(int(table.max()) + 1, dtype=torch.float32)
         valid = table >= 0
-        down = (lengths[:, None] - 1 - pos[None, :]).to(torch.float32)
+        down = (lengths[:, None] - 1 - torch.arange(depth_max)[None, :]).to(torch.float32)
         height.scatter_reduce_(0, table[valid], down[valid], reduce="amax", include_self=True)
-        # the LCA node of (a, b) is table[a, lca[a, b]]
-        lca_node = torch.gather(table, 1, lca.to(torch.int64))
-        h = height[lca_node]
-        del lca_node
-    h[lca == 0] = float("inf")
+    h = torch.empty((k, k), dtype=torch.float32)
+    # row blocks keep the temporaries small: peak memory is H itself plus O(block * K)
+    block = max(1, min(k, (1 << 22) // max(k, 1)))
+    for r0 in range(0, k, block):
+        r1 = min(k, r0 + block)
+        lca = torch.zeros((r1 - r0, k), dtype=torch.int64)  # LCA depth, root = 0
+        common = torch.ones((r1 - r0, k), dtype=torch.bool)
+        for level in range(1, depth_max):
+            col = table[:, level]
+            common &= (col[r0:r1, None] == col[None, :]) & (col[r0:r1] >= 0)[:, None]
+            if not bool(common.any()):
+                break
+            lca += common
+        if kind == "pair-depth":
+            d = lca.to(torch.float32)
+            out = torch.maximum(below[r0:r1, None] - d, below[None, :] - d)
+        else:  # height of the LCA node table[a, lca[a, b]]
+            out = height[torch.gather(table[r0:r1], 1, lca)]
+        out[lca == 0] = float("inf")
+        h[r0:r1] = out
     h.fill_diagonal_(0.0)
     return h
 
