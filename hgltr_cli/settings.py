@@ -59,6 +59,12 @@ class HgltrSection:
     mse_target: Literal["paper", "code"] = "paper"  # code: softmax(cos) vs S, averaged over all samples
     dis_reduction: Literal["sum", "mean"] = "sum"  # KL summed over classes, or divided by K as the code does
 
+    def validate(self) -> None:
+        if self.alpha < 0 or self.beta < 0:
+            raise ValueError("alpha and beta must be >= 0")
+        if self.tau_i <= 0:
+            raise ValueError("tau_i must be > 0")
+
 
 @dataclass
 class TrainSection:
@@ -77,6 +83,21 @@ class TrainSection:
     device: str = "auto"
     compile: bool = False
     output: Optional[str] = None
+    log_every: int = 10  # optimizer steps between metrics.jsonl lines (the only host syncs)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.grad_accum < 1:
+            raise ValueError("grad_accum must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+        if self.log_every < 1:
+            raise ValueError("log_every must be >= 1")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ValueError("warmup_epochs must be in [0, epochs]")
 
 
 @dataclass

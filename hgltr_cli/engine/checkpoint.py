@@ -1,0 +1,273 @@
+"""Checkpoints that survive kill -9 and full disks, and never hold pickle.
+
+Layout under RUN/checkpoints/:
+    index.json                 {"last": NAME, "best": NAME, "best_metric": ..., entries with sha256}
+    NAME/model.safetensors     learnable tensors only (PEFT, h_t, classifier)
+    NAME/optimizer.safetensors optimizer tensors and RNG state bytes
+    NAME/trainer_state.json    everything else (epoch, step, scheduler, RNG, file checksums)
+
+A checkpoint directory is written under a temporary name, every file fsynced, then renamed
+into place; index.json is replaced the same way (tmp + fsync + rename) only after that, so
+at every instant the index names complete, checksummed checkpoints. Loading verifies the
+sha256 of every file before any tensor is read.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hgltr_cli.errors import HgltrError
+
+INDEX = "index.json"
+MODEL_FILE = "model.safetensors"
+OPTIM_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+STATE_FORMAT = "hgltr-trainer-state/1"
+
+
+class CheckpointError(HgltrError):
+    """A checkpoint that is missing, incomplete or fails its checksum."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fsync_dir(path: str | Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file, fsync and rename (never a half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def disk_error(exc: OSError, where: Path, previous: str | None) -> HgltrError:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = "the disk is full" if full else f"{exc.strerror or exc}"
+    prev = f" The previous checkpoint {previous!r} is intact." if previous else ""
+    return HgltrError(f"could not write a checkpoint under {str(where)!r}: {what}.{prev}",
+                      ("Free some space, then continue with: hgltr train --resume " + str(where.parent.parent))
+                      if full else "Check the output directory's permissions and space.")
+
+
+# ---------------------------------------------------------------- tensors <-> JSON-safe state
+
+def _split_optimizer_state(sd: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Optimizer state_dict -> (JSON part, tensors keyed 'optim.<param>.<name>')."""
+    tensors: dict[str, torch.Tensor] = {}
+    state_json: dict[str, dict] = {}
+    for pid, st in sd["state"].items():
+        entry = {}
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                key = f"optim.{pid}.{k}"
+                tensors[key] = v.detach().cpu().contiguous()
+                entry[k] = {"tensor": key}
+            else:
+                entry[k] = v
+        state_json[str(pid)] = entry
+    return {"state": state_json, "param_groups": sd["param_groups"]}, tensors
+
+
+def _join_optimizer_state(js: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    state = {}
+    for pid, st in js["state"].items():
+        state[int(pid)] = {k: (tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v)
+                           for k, v in st.items()}
+    return {"state": state, "param_groups": js["param_groups"]}
+
+
+def capture_rng() -> tuple[dict, dict[str, torch.Tensor]]:
+    """Python, NumPy, torch (CPU and CUDA) RNG states: JSON part + byte tensors."""
+    import random
+
+    import numpy as np
+
+    py = random.getstate()
+    np_state = np.random.get_state()
+    js = {"python": [py[0], list(py[1]), py[2]],
+          "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    return js, tensors
+
+
+def restore_rng(js: dict, tensors: dict[str, torch.Tensor]) -> None:
+    import random
+
+    import numpy as np
+
+    v, st, g = js["python"]
+    random.setstate((v, tuple(st), g))
+    n = js["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+
+
+# ---------------------------------------------------------------- write / read
+
+def _write_dir(ckpt_root: Path, name: str, model_sd: dict[str, torch.Tensor], optim_tensors: dict[str, torch.Tensor],
+               state: dict) -> dict:
+    from safetensors.torch import save_file
+
+    tmp = ckpt_root / f".tmp-{name}-{os.getpid()}"
+    final = ckpt_root / name
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, str(tmp / MODEL_FILE),
+                  metadata={"format": "hgltr-learnable/1"})
+        save_file(optim_tensors, str(tmp / OPTIM_FILE), metadata={"format": "hgltr-optimizer/1"})
+        for f in (MODEL_FILE, OPTIM_FILE):
+            _fsync_file(tmp / f)
+        state = dict(state, files={f: sha256_file(tmp / f) for f in (MODEL_FILE, OPTIM_FILE)})
+        data = (json.dumps(state, indent=2) + "\n").encode("utf-8")
+        with open(tmp / STATE_FILE, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(tmp)
+        if final.exists():  # left over from an interrupted attempt that never reached the index
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        fsync_dir(ckpt_root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"dir": name, "state_sha256": hashlib.sha256(data).hexdigest(),
+            "epoch": state.get("epoch"), "step": state.get("step")}
+
+
+def read_index(ckpt_root: Path) -> dict:
+    p = Path(ckpt_root) / INDEX
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint index {str(p)!r} is damaged ({exc}).",
+                              "The checkpoint directories next to it are intact; restore index.json from a backup "
+                              "or start a new run.") from None
+
+
+def save_checkpoint(ckpt_root: str | Path, name: str, *, model_sd: dict[str, torch.Tensor], optimizer_sd: dict,
+                    state: dict, rng: bool = True, is_best: bool = False, best_metric: float | None = None,
+                    keep: tuple[str, ...] = ()) -> dict:
+    """Write checkpoint NAME atomically, point index.json's `last` (and `best`) at it, prune the rest."""
+    ckpt_root = Path(ckpt_root)
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    index = read_index(ckpt_root)
+    optim_json, tensors = _split_optimizer_state(optimizer_sd)
+    state = dict(state, format=STATE_FORMAT, optimizer=optim_json)
+    if rng:
+        rng_js, rng_t = capture_rng()
+        state["rng"] = rng_js
+        tensors.update(rng_t)
+    try:
+        entry = _write_dir(ckpt_root, name, model_sd, tensors, state)
+        entries = dict(index.get("entries", {}))
+        entries[name] = entry
+        new = dict(index, last=name, entries=entries)
+        if is_best:
+            new["best"] = name
+            new["best_metric"] = best_metric
+        keep_names = {new.get("last"), new.get("best"), *keep}
+        new["entries"] = {k: v for k, v in entries.items() if k in keep_names}
+        atomic_write_json(ckpt_root / INDEX, new)
+    except OSError as exc:
+        raise disk_error(exc, ckpt_root / name, index.get("last")) from None
+    for child in ckpt_root.iterdir():  # prune checkpoints no longer named by the index
+        if child.is_dir() and child.name not in keep_names and not child.name.startswith(".tmp-"):
+            shutil.rmtree(child, ignore_errors=True)
+    return new
+
+
+def resolve_entry(ckpt_root: str | Path, which: str = "last") -> tuple[Path, dict]:
+    """The directory and index entry of checkpoint `which` ('last', 'best' or a directory name)."""
+    ckpt_root = Path(ckpt_root)
+    index = read_index(ckpt_root)
+    if not index:
+        raise CheckpointError(f"no checkpoint under {str(ckpt_root)!r} (no {INDEX}).",
+                              "The run stopped before its first checkpoint; start it again.")
+    name = index.get(which) if which in ("last", "best") else which
+    if not name or name not in index.get("entries", {}):
+        raise CheckpointError(f"the run under {str(ckpt_root.parent)!r} has no {which!r} checkpoint.",
+                              "A best checkpoint needs a validation split; use which='last'.")
+    return ckpt_root / name, index["entries"][name]
+
+
+def load_checkpoint(ckpt_root: str | Path, which: str = "last", *, device: str | torch.device = "cpu",
+                    with_optimizer: bool = True) -> dict:
+    """Verify checksums, then read a checkpoint: {'model', 'optimizer', 'state', 'rng_tensors', 'dir'}."""
+    from safetensors.torch import load_file
+
+    d, entry = resolve_entry(ckpt_root, which)
+    sp = d / STATE_FILE
+    if not sp.is_file():
+        raise CheckpointError(f"checkpoint {str(d)!r} is incomplete: {STATE_FILE} is missing.")
+    raw = sp.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != entry.get("state_sha256"):
+        raise CheckpointError(f"checkpoint {str(sp)!r} fails its checksum (the file was changed or damaged).",
+                              "Do not trust this checkpoint; resume from another run or start again.")
+    state = json.loads(raw.decode("utf-8"))
+    files = [MODEL_FILE] + ([OPTIM_FILE] if with_optimizer else [])
+    for f in files:
+        p = d / f
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {str(d)!r} is incomplete: {f} is missing.")
+        if sha256_file(p) != state.get("files", {}).get(f):
+            raise CheckpointError(f"checkpoint file {str(p)!r} fails its sha256 checksum (changed or damaged).",
+                                  "Do not trust this checkpoint; resume from another run or start again.")
+    out = {"dir": d, "state": state, "model": load_file(str(d / MODEL_FILE), device=str(device))}
+    if with_optimizer:
+        tensors = load_file(str(d / OPTIM_FILE), device="cpu")
+        out["optimizer"] = _join_optimizer_state(state["optimizer"], tensors)
+        out["rng_tensors"] = {k: v for k, v in tensors.items() if k.startswith("rng.")}
+    return out
