@@ -20,8 +20,7 @@ def plot_heatmap(hierarchy, path: str | Path, kind: str = "pair-depth", max_labe
     h = hierarchy.distance_matrix(kind).numpy()[np.ix_(order, order)]
     k = len(order)
     masked = np.ma.masked_invalid(np.where(np.isinf(h), np.nan, h))
-    cmap = matplotlib.colormaps["viridis_r"].copy()
-    cmap.set_bad("#dddddd")
+    cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="#dddddd")
     size = 6 if k > max_labels else max(5, min(14, 0.18 * k + 3))
     fig, ax = plt.subplots(figsize=(size + 1.5, size), dpi=150)
     im = ax.imshow(masked, cmap=cmap, interpolation="nearest")

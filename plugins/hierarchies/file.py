@@ -33,6 +33,7 @@ class FileOptions:
     format: Literal["auto", "tree", "table", "paths", "places365"] = "auto"
     dag_rule: Literal["all-paths", "longest-path", "shortest-path"] = "all-paths"
     places_level1: int = 3  # places365: how many flag columns are level 1 (the rest are level 2)
+    places_groups: Optional[list[int]] = None  # places365: level-2 columns per level-1 category, e.g. [6, 4, 6]
 
 
 def _read_text(p: Path) -> str:
@@ -140,8 +141,35 @@ def _table_format(rows: list[list[str]], where: str) -> dict[str, list[list[str]
     return out
 
 
-def _places365(rows: list[list[str]], where: str, n_level1: int) -> tuple[dict[str, list[list[str]]], list[str]]:
-    """Scene -> [[level1, level2], ...] from the official 0/1 flag table (level-2 parents inferred)."""
+def _contiguous_groups(table, n1: int, n2: int) -> list[int]:
+    """Level-1 parent of each level-2 column: the official table lists level-2 columns grouped
+    by level-1 category, so the columns are split into n1 contiguous non-empty runs that
+    maximise how often a scene flags both a column and its run's level-1 category (DP)."""
+    score = [[sum(1 for _, f1, f2 in table if f2[j] and f1[g]) for g in range(n1)] for j in range(n2)]
+    neg = float("-inf")
+    best = [[neg] * n1 for _ in range(n2)]
+    back = [[0] * n1 for _ in range(n2)]
+    for j in range(n2):
+        for g in range(n1):
+            if j == 0:
+                best[j][g] = score[0][0] if g == 0 else neg
+                continue
+            stay, move = best[j - 1][g], best[j - 1][g - 1] if g else neg
+            prev = g if stay >= move else g - 1
+            if best[j - 1][prev] > neg:
+                best[j][g] = best[j - 1][prev] + score[j][g]
+                back[j][g] = prev
+    g = n1 - 1 if n2 >= n1 else max(range(n1), key=lambda x: best[n2 - 1][x])
+    parent = [0] * n2
+    for j in range(n2 - 1, -1, -1):
+        parent[j] = g
+        g = back[j][g]
+    return parent
+
+
+def _places365(rows: list[list[str]], where: str, n_level1: int,
+               groups: list[int] | None = None) -> tuple[dict[str, list[list[str]]], list[str]]:
+    """Scene -> [[level1, level2], ...] from the official 0/1 flag table."""
     def is_flags(r):
         return len(r) > 1 and r[0] and all(c in ("0", "1", "") for c in r[1:]) and "1" in r[1:]
 
@@ -165,11 +193,13 @@ def _places365(rows: list[list[str]], where: str, n_level1: int) -> tuple[dict[s
             raise HgltrError(f"{where} row {lineno}: wrong columns: expected a scene and {flags_cols} 0/1 flags, got {r}.")
         scene = r[0].strip().strip("'\"")
         table.append((scene, [c == "1" for c in r[1:1 + n_level1]], [c == "1" for c in r[1 + n_level1:]]))
-    # each level-2 category belongs to the level-1 category it co-occurs with most (ties: column order)
-    parent = []
-    for j in range(len(l2)):
-        counts = [sum(1 for _, f1, f2 in table if f2[j] and f1[i]) for i in range(len(l1))]
-        parent.append(max(range(len(l1)), key=lambda i: (counts[i], -i)))
+    if groups:
+        if len(groups) != len(l1) or sum(groups) != len(l2) or min(groups) < 1:
+            raise HgltrError(f"{where}: places_groups {groups} must give one positive count per level-1 column "
+                             f"({len(l1)}) summing to the {len(l2)} level-2 columns.")
+        parent = [g for g, n in enumerate(groups) for _ in range(n)]
+    else:
+        parent = _contiguous_groups(table, len(l1), len(l2))
     out: dict[str, list[list[str]]] = {}
     for scene, f1, f2 in table:
         paths = [[l1[parent[j]], l2[j]] for j in range(len(l2)) if f2[j]]
@@ -179,7 +209,8 @@ def _places365(rows: list[list[str]], where: str, n_level1: int) -> tuple[dict[s
     return out, l1 + l2
 
 
-def parse_taxonomy(path: str | Path, fmt: str = "auto", places_level1: int = 3) -> dict[str, list[list[str]]]:
+def parse_taxonomy(path: str | Path, fmt: str = "auto", places_level1: int = 3,
+                   places_groups: list[int] | None = None) -> dict[str, list[list[str]]]:
     """class -> list of root-first ancestor lists (root itself not included), in file order."""
     p = Path(path)
     text = _read_text(p)
@@ -195,7 +226,7 @@ def parse_taxonomy(path: str | Path, fmt: str = "auto", places_level1: int = 3) 
             fmt = "paths" if isinstance(data, dict) and set(data) == {"paths"} else "tree"
     if fmt in ("table", "places365"):
         rows = _sniff_rows(text, p)
-        return _table_format(rows, where) if fmt == "table" else _places365(rows, where, places_level1)[0]
+        return _table_format(rows, where) if fmt == "table" else _places365(rows, where, places_level1, places_groups)[0]
     data = _load_yaml(p, text)
     return _paths_format(data, where) if fmt == "paths" else _tree_paths(data, where)
 
@@ -215,7 +246,7 @@ def build(options: FileOptions | None, classes: list[str] | None = None) -> Hier
         raise HgltrError("the file source needs a taxonomy file.", "Pass --taxonomy FILE (YAML/JSON tree, CSV/TSV table).")
     if opts.dag_rule not in DAG_RULES:
         raise HgltrError(f"unknown dag_rule {opts.dag_rule!r}.", f"Use one of {', '.join(DAG_RULES)}.")
-    tax = parse_taxonomy(opts.taxonomy, opts.format, opts.places_level1)
+    tax = parse_taxonomy(opts.taxonomy, opts.format, opts.places_level1, opts.places_groups)
     root = "root"
     if root in tax:
         raise HgltrError(f"taxonomy file {opts.taxonomy!r}: 'root' is reserved for the hierarchy's root; rename that class.")
