@@ -37,3 +37,16 @@ def test_example_components_and_command_work(installed_example):
     sources = [r["name"] for r in json.loads(run("list", "hierarchies", "initial-*", "--json").stdout)]
     assert sources == ["initial-letter"]
     assert "hello, tester" in run("example-hello", "--name", "tester").stdout
+
+
+def test_example_hierarchy_source_builds_a_hierarchy_file(installed_example, tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("apple\napricot\nbanana\n")
+    out = tmp_path / "h.json"
+    run("build-hierarchy", "--source", "initial-letter", "--classes", str(classes), "--output", str(out))
+    from hgltr_cli.hierarchy import load_hierarchy
+
+    hier = load_hierarchy(out)
+    assert hier.classes == ["apple", "apricot", "banana"]
+    H = hier.distance_matrix()
+    assert H[0, 1] == 1 and H[0, 2] == float("inf")

@@ -20,13 +20,21 @@ class InitialLetterConfig:
     case_sensitive: bool = False
 
 
-def initial_letter_paths(config: InitialLetterConfig, classes: list[str]) -> list[list[str]]:
-    """Root-to-class path per class: ["root", "letter:x", class]."""
-    paths = []
+def initial_letter(config: InitialLetterConfig, classes: list[str] | None = None):
+    """A two-level hierarchy: root -> "letter:x" -> class, for the given classes in their order."""
+    from hgltr_cli.hierarchy import Hierarchy
+
+    if not classes:
+        from hgltr_cli.errors import HgltrError
+
+        raise HgltrError("the initial-letter source needs a class list.", "Pass --classes FILE (one class per line).")
+    rows, nodes = [], {}
     for name in classes:
         letter = name[:1] if config.case_sensitive else name[:1].lower()
-        paths.append(["root", f"letter:{letter}", name])
-    return paths
+        nodes[f"letter:{letter}"] = f"{letter}-words"
+        rows.append((name, name, ["root", f"letter:{letter}", name]))
+    return Hierarchy.from_paths(rows, nodes=nodes, source="initial-letter", source_version="example 0.1",
+                                rules={"dag": "tree"})
 
 
 @dataclass
@@ -43,7 +51,7 @@ def smoothed_ce(config: SmoothedCEConfig, class_counts: list[int]):
 
 @hookimpl
 def register_hierarchy_sources(register):
-    register("initial-letter", initial_letter_paths, config=InitialLetterConfig,
+    register("initial-letter", initial_letter, config=InitialLetterConfig,
              description="Example: group classes by their initial letter.")
 
 
