@@ -92,7 +92,14 @@ class WordNetTree:
     def lookup(self, key: str):
         m = WNID.match(key)
         if m:
-            return self.wn.synset_from_pos_and_offset(m.group(1), int(m.group(2)))
+            import warnings
+
+            with warnings.catch_warnings():  # nltk warns and returns None for an unknown offset
+                warnings.simplefilter("ignore")
+                found = self.wn.synset_from_pos_and_offset(m.group(1), int(m.group(2)))
+            if found is None:
+                raise LookupError(key)
+            return found
         return self.wn.synset(key)
 
     @staticmethod

@@ -5,13 +5,6 @@ import json
 
 import pytest
 
-from hgltr_cli.hierarchy.wordnet_data import wordnet_available
-
-needs_wordnet = pytest.mark.skipif(
-    not wordnet_available(),
-    reason="WordNet 3.0 missing: neither /usr/share/wordnet (apt-get install wordnet-base wordnet-sense-index) "
-           "nor nltk_data holds it")
-
 
 @pytest.fixture
 def places_csv(tmp_path):
