@@ -8,6 +8,7 @@ import torch
 from open_clip.transformer import Attention, QuickGELU
 
 from hgltr_cli.errors import HgltrError
+from model_fixtures import _offline, make_cfg, plugins  # noqa: F401 (pytest fixtures)
 from hgltr_cli.model import build_model, load_backbone
 
 CLASSES = ["cat", "dog", "car", "tree", "boat"]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from hgltr_cli.errors import HgltrError
+from model_fixtures import _offline, make_cfg, plugins  # noqa: F401 (pytest fixtures)
 from hgltr_cli.model import PeftViTBlock, VisionTrunk, build_model
 from hgltr_cli.model.backbone import _instantiate
 from hgltr_plugins.models.tiny_vit import tiny_vit_config

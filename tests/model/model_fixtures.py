@@ -1,4 +1,4 @@
-"""Shared fixtures for model tests: offline, a private cache dir, a fresh plugin set, config builder."""
+"""Shared fixtures for model tests (imported by each test module; a conftest.py here would shadow tests/conftest.py)."""
 from __future__ import annotations
 
 import pytest
@@ -29,4 +29,3 @@ def make_cfg(plugins):
     return make
 
 
-CLASSES = ["cat", "dog", "car", "tree", "boat"]
