@@ -166,3 +166,18 @@ def test_loader_argument_errors():
         build_loader(_array_split(), None, batch_size=2, workers=-1)
     with pytest.raises(HgltrError):
         EpochSampler([0, 1], "weird")
+
+
+def test_batch_normalisation_equals_per_sample_transform():
+    """build_loader's uint8-then-normalise-per-batch path gives exactly the per-sample tensors."""
+    from hgltr_cli.data.loader import ImageDataset, collate_skipping
+    split = _array_split(n=6)
+    t = train_transform(12, MEAN, STD)
+    smp = EpochSampler(split.labels, "random", seed=5)
+    smp.set_epoch(3)
+    fast = build_loader(split, t, batch_size=6, sampler=smp)  # a ready sampler is accepted
+    x_fast, y_fast = next(iter(fast))
+    slow = ImageDataset(split, t)  # per-sample ToTensor + Normalize
+    x_slow, y_slow, bad = collate_skipping([slow[k] for k in smp.indices()])
+    assert not bad and x_fast.dtype == torch.float32
+    assert torch.equal(x_fast, x_slow) and torch.equal(y_fast, y_slow)
