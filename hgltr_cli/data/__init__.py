@@ -14,8 +14,8 @@ _LAZY = {
     "CLIP_STD": "hgltr_cli.data.transforms",
     "build_loader": "hgltr_cli.data.loader", "HgltrLoader": "hgltr_cli.data.loader",
     "ImageDataset": "hgltr_cli.data.loader", "EpochSampler": "hgltr_cli.data.loader",
-    "distributed_sampler": "hgltr_cli.data.loader",
-    "build_decode_cache": "hgltr_cli.data.cache", "CachedSplit": "hgltr_cli.data.cache",
+    "distributed_sampler": "hgltr_cli.data.loader", "Collate": "hgltr_cli.data.loader",
+    "ImageTransform": "hgltr_cli.data.transforms",
 }
 
 __all__ = ["ArraySplit", "BadImageError", "BadImageReport", "DatasetSource", "FileSplit", "Split",
