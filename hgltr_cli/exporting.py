@@ -1,0 +1,297 @@
+"""`hgltr export` behind the command: exporter contract, parity inputs, the checked export itself.
+
+Exporter plugins (hook ``register_exporters``) register ``factory(config) -> Exporter``; the
+config dataclass should carry ``tolerance`` (max abs logit difference allowed) and
+``merge_peft`` (fold mergeable PEFT modules such as LoRA into the weights). An exporter writes
+its graph into the bundle folder and can run it back for the parity check::
+
+    class MyExporter(Exporter):
+        format = "myformat"
+        def export(self, module, example, out_dir) -> dict | None:   # module: images -> logits, eval, fp32, CPU
+            ...write out_dir / "model.myformat"...
+            return {"file": "model.myformat", "input": "images", "output": "logits"}
+        def run(self, out_dir, graph, images) -> torch.Tensor:        # logits of the written file
+            ...
+
+Every export writes the safetensors bundle (weights, hierarchy, manifest) that `hgltr predict`
+loads; the format's graph is added beside it. Parity: the restored PyTorch model (PEFT not
+merged) is the reference; the reloaded bundle and the exported graph are run on the same real,
+preprocessed images (a full batch and a batch of one), and the largest absolute logit
+difference of each must stay within the tolerance, else the output is removed and the export fails.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Sequence
+
+import torch
+
+from hgltr_cli.errors import HgltrError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+STAGING_PREFIX = ".hgltr-export-"
+
+
+class Exporter:
+    """Base class of exporter plugins (see the module docstring)."""
+
+    format: ClassVar[str] = ""
+
+    def __init__(self, config: Any = None):
+        self.config = config
+
+    @property
+    def tolerance(self) -> float:
+        return float(getattr(self.config, "tolerance", 1e-4))
+
+    @property
+    def merge_peft(self) -> bool:
+        return bool(getattr(self.config, "merge_peft", True))
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return bool(getattr(self.config, "dynamic_batch", True))
+
+    def options(self) -> dict:
+        import dataclasses
+
+        return dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
+
+    def export(self, module: torch.nn.Module, example: torch.Tensor, out_dir: Path) -> Optional[dict]:
+        return None
+
+    def run(self, out_dir: Path, graph: dict, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- parity inputs
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under folder (recursive, sorted, hidden entries skipped)."""
+    root = Path(folder)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise HgltrError(f"parity image folder {str(root)!r} does not exist.", "Pass --parity-images DIR with images.")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames)
+                if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return out
+
+
+def _spread(n_total: int, n: int) -> list[int]:
+    if n_total <= n:
+        return list(range(n_total))
+    return sorted({round(i * (n_total - 1) / (n - 1)) for i in range(n)}) if n > 1 else [0]
+
+
+def parity_inputs(cfg, preprocess: dict, *, images_dir: Optional[str] = None, count: int = 8,
+                  plugins=None) -> tuple[torch.Tensor, str]:
+    """(N, 3, H, W) preprocessed real images and where they came from.
+
+    From --parity-images DIR when given, else from the run's dataset: the test split, else val,
+    else train (images spread evenly over the split). Undecodable files are skipped.
+    """
+    from hgltr_cli.bundle import eval_transform_for
+    from hgltr_cli.data.images import BadImageError, load_image_rgb
+
+    if count < 1:
+        raise HgltrError(f"--parity-count must be >= 1, got {count}.")
+    tf = eval_transform_for(preprocess)
+    tensors: list[torch.Tensor] = []
+    if images_dir:
+        files = list_images(images_dir)
+        for p in [files[i] for i in _spread(len(files), count)]:
+            try:
+                tensors.append(tf(load_image_rgb(p)))
+            except BadImageError:
+                continue
+        where = f"{len(tensors)} image(s) from {images_dir}"
+    else:
+        if plugins is None:
+            from hgltr_cli.plugins import get_plugins
+            plugins = get_plugins()
+        try:
+            comp = plugins.get("datasets", cfg.dataset.name)
+            options = cfg.options.get("dataset") if hasattr(cfg, "options") else None
+            source = comp.factory(cfg.dataset, options if options is not None else comp.default_config())
+        except HgltrError as exc:
+            raise HgltrError(f"cannot read the run's dataset for the parity check: {exc.message}",
+                             "Pass --parity-images DIR (a folder of real images) instead.") from None
+        split_name = next((s for s in ("test", "val", "train") if source.has_split(s)), None)
+        if split_name is None:
+            raise HgltrError("the run's dataset has no images for the parity check.",
+                             "Pass --parity-images DIR (a folder of real images).")
+        split = source.split(split_name)
+        for i in _spread(len(split), count):
+            try:
+                tensors.append(tf(split.load(i)))
+            except BadImageError:
+                continue
+        where = f"{len(tensors)} image(s) of the {split_name} split of {cfg.dataset.name}"
+    if not tensors:
+        raise HgltrError("no readable image for the parity check.", "Pass --parity-images DIR with readable images.")
+    return torch.stack(tensors), where
+
+
+# ----------------------------------------------------------------------------- the export
+
+@dataclass
+class ExportResult:
+    output: Path
+    format: str
+    manifest: dict
+    parity: dict
+
+
+def _prepare_output(output: Path, force: bool) -> tuple[bool, Path]:
+    """(created, staging dir inside output). Refuses to overwrite anything but an old bundle."""
+    from hgltr_cli.bundle import MANIFEST
+
+    if output.exists() and not output.is_dir():
+        raise HgltrError(f"--output {str(output)!r} exists and is not a directory.", "Pick another --output folder.")
+    created = not output.exists()
+    if not created:
+        entries = [e for e in output.iterdir() if not e.name.startswith(STAGING_PREFIX)]
+        if entries:
+            if not (force and (output / MANIFEST).is_file()):
+                raise HgltrError(f"--output {str(output)!r} is not empty.",
+                                 "Pick a new or empty folder (or --force to replace a bundle exported there before).")
+    output.mkdir(parents=True, exist_ok=True)
+    staging = output / f"{STAGING_PREFIX}{os.getpid()}"
+    if staging.exists():
+        import shutil
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return created, staging
+
+
+def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = torch.as_tensor(a).float().cpu(), torch.as_tensor(b).float().cpu()
+    if a.shape != b.shape:
+        raise HgltrError(f"exported model returned logits of shape {tuple(a.shape)}, expected {tuple(b.shape)}.")
+    if not bool(torch.isfinite(a).all()):
+        return float("inf")
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def export_run(run_dir: str | Path, fmt: str, output: str | Path, *, which: str = "best",
+               options: Optional[dict] = None, tolerance: Optional[float] = None,
+               parity_images: Optional[str] = None, parity_count: int = 8, force: bool = False,
+               plugins=None, log=None) -> ExportResult:
+    """Export a run as a bundle in `fmt`, check parity, and return what was written.
+
+    On any failure (parity included) nothing is left behind: the output folder is removed if
+    this call created it, else emptied of what it wrote.
+    """
+    import shutil
+
+    from hgltr_cli import bundle as B
+    from hgltr_cli.config import build_dataclass
+    from hgltr_cli.rundir import restore
+
+    if plugins is None:
+        from hgltr_cli.plugins import get_plugins
+        plugins = get_plugins()
+    comp = plugins.get("exporters", fmt)
+    data = dict(options or {})
+    if tolerance is not None:
+        data["tolerance"] = tolerance
+    config = build_dataclass(comp.config, data, f"export.{fmt}") if comp.config else None
+    exporter = comp.factory(config)
+    tol = exporter.tolerance
+    if not tol >= 0:
+        raise HgltrError(f"tolerance must be >= 0, got {tol}.")
+
+    cfg, hierarchy, model = restore(run_dir, which, "cpu", plugins=plugins)
+    model.float().eval()
+    preprocess = B.preprocess_for(cfg, model)
+    images, where = parity_inputs(cfg, preprocess, images_dir=parity_images, count=parity_count, plugins=plugins)
+    with torch.no_grad():
+        reference = model(images)[0].float()
+        reference_one = model(images[:1])[0].float()
+
+    output = Path(output)
+    created, staging = _prepare_output(output, force)
+    moved: list[Path] = []
+    try:
+        peft_record = B.prepare_for_export(model, merge=exporter.merge_peft)
+        source = {"run_dir": str(Path(run_dir).resolve()), "checkpoint": which, "config_model": cfg.model.name,
+                  "peft": cfg.peft.name, "dataset": cfg.dataset.name}
+        manifest = B.write_bundle_core(staging, model=model, cfg=cfg, hierarchy=hierarchy, peft_record=peft_record,
+                                       source=source)
+        # 1. the bundle as predict loads it
+        B.write_manifest(staging, manifest)  # rewritten below with the parity record
+        bundle = B.load_bundle(staging, plugins=plugins)
+        with torch.no_grad():
+            diffs = {"bundle": max(_max_abs(bundle.model(images)[0], reference),
+                                   _max_abs(bundle.model(images[:1])[0], reference_one))}
+        # 2. the format's graph
+        module = B.LogitsOnly(B.inference_model(model)).eval()
+        with torch.no_grad():
+            graph = exporter.export(module, images, staging)
+        if graph:
+            name = graph["file"]
+            manifest["files"][name] = B.file_record(B.safe_join(staging, name))
+            with torch.no_grad():
+                got = exporter.run(staging, graph, images)
+                if got is None:  # the exporter could not run its graph here (and was told that is fine)
+                    d = None
+                else:
+                    d = _max_abs(got, reference)
+                    if exporter.dynamic_batch:
+                        d = max(d, _max_abs(exporter.run(staging, graph, images[:1]), reference_one))
+            diffs[fmt] = d
+            manifest["graph"] = graph
+        manifest["export_format"] = fmt
+        manifest["exporter_options"] = exporter.options()
+        parity = {"tolerance": tol, "inputs": where, "num_images": int(images.shape[0]),
+                  "max_abs_diff": diffs, "passed": all(v <= tol for v in diffs.values() if v is not None),
+                  "unchecked": [k for k, v in diffs.items() if v is None]}
+        manifest["parity"] = parity
+        if log is not None:
+            for k, v in diffs.items():
+                log(f"parity {k}: not checked (its runtime is not installed)" if v is None else
+                    f"parity {k}: max |logit difference| = {v:.3g} (tolerance {tol:g}) on {where}")
+        if not parity["passed"]:
+            bad = ", ".join(f"{k} {v:.3g}" for k, v in diffs.items() if v is not None and not v <= tol)
+            raise HgltrError(f"export parity check failed: max abs logit difference {bad} exceeds the tolerance "
+                             f"{tol:g}; the output was removed.",
+                             f"Inspect the model or raise the tolerance knowingly (--tolerance / --option tolerance=...).")
+        B.write_manifest(staging, manifest)
+        # publish: stale files of a replaced bundle go, then the staged files move up
+        if force:
+            for e in output.iterdir():
+                if e != staging and not e.name.startswith(STAGING_PREFIX):
+                    shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
+        for name in [*manifest["files"], B.MANIFEST]:
+            src = B.safe_join(staging, name)
+            dst = B.safe_join(output, name)
+            src.replace(dst)
+            moved.append(dst)
+        shutil.rmtree(staging, ignore_errors=True)
+        return ExportResult(output=output, format=fmt, manifest=manifest, parity=parity)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for p in moved:
+            p.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def describe(result: ExportResult) -> dict:
+    m = result.manifest
+    return {"output": str(result.output), "format": result.format, "files": m["files"], "parity": result.parity,
+            "peft": m["peft"], "num_classes": m["num_classes"], "graph": m.get("graph")}
+
+
+def format_names(plugins=None) -> Sequence[str]:
+    if plugins is None:
+        from hgltr_cli.plugins import get_plugins
+        plugins = get_plugins()
+    return plugins.registry("exporters").names()
