@@ -14,12 +14,12 @@ hookimpl = pluggy.HookimplMarker("hgltr")
 
 @hookspec
 def register_datasets(register):
-    """Register dataset components: factory(config, split=...) -> dataset object."""
+    """Register datasets: factory(section, options) -> DatasetSource (docs/datasets.md)."""
 
 
 @hookspec
 def register_hierarchy_sources(register):
-    """Register hierarchy sources: factory(config, classes) -> per-class root-to-leaf paths."""
+    """Register hierarchy sources: factory(options, classes | None) -> Hierarchy (docs/hierarchy.md)."""
 
 
 @hookspec
