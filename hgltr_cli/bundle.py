@@ -285,9 +285,12 @@ def read_manifest(path: str | Path) -> dict:
     if version < 1 or version > BUNDLE_VERSION:
         raise HgltrError(f"bundle {str(folder)!r} has format_version {manifest.get('format_version')!r}; this hgltr "
                          f"reads version {BUNDLE_VERSION}.", "Upgrade hgltr, or re-export the bundle with this one.")
-    for key in ("files", "model", "peft", "preprocess", "classes"):
+    for key in ("files", "model", "peft", "preprocess", "classes", "num_classes"):
         if key not in manifest:
             raise HgltrError(f"bundle manifest {str(mpath)!r} lacks {key!r}.", "Re-export the bundle.")
+    if not isinstance(manifest["files"], dict):
+        raise HgltrError(f"bundle manifest {str(mpath)!r}: `files` must map file names to checksums.",
+                         "Re-export the bundle.")
     return manifest
 
 
@@ -340,6 +343,8 @@ def load_bundle(path: str | Path, device: Any = "cpu", *, plugins=None) -> Bundl
 
     folder = Path(path)
     manifest = read_manifest(folder)
+    for name in manifest["files"]:  # every listed name must stay inside the bundle, used or not
+        safe_join(folder, name)
     verify_files(folder, manifest, [WEIGHTS, HIERARCHY])
     m = manifest["model"]
     K = int(manifest["num_classes"])

@@ -1,0 +1,149 @@
+"""`hgltr export`: bundles, TorchScript/ONNX parity (checked here independently), failures leave nothing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import invoke, ok
+
+TOL = 1e-4
+
+
+def _reference(run, n=6):
+    """Real preprocessed test images and the restored PyTorch model's logits (PEFT not merged)."""
+    from hgltr_cli.bundle import preprocess_for
+    from hgltr_cli.exporting import parity_inputs
+    from hgltr_cli.rundir import restore
+
+    cfg, _, model = restore(run, "best", "cpu")
+    x, _ = parity_inputs(cfg, preprocess_for(cfg, model), count=n)
+    with torch.no_grad():
+        return x, model(x)[0]
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny):
+    out = {}
+    for fmt in ("safetensors", "torchscript", "onnx"):
+        out[fmt] = tiny["base"] / f"bundle-{fmt}"
+        res = ok("export", tiny["run"], "--format", fmt, "--output", out[fmt], "--json")
+        out[fmt + "-report"] = json.loads(res.stdout)
+    return out
+
+
+def test_bundle_layout_checksums_and_reported_parity(bundles):
+    from hgltr_cli.bundle import read_manifest, verify_files
+
+    for fmt, graph in (("safetensors", None), ("torchscript", "model.ts"), ("onnx", "model.onnx")):
+        folder = bundles[fmt]
+        m = read_manifest(folder)
+        verify_files(folder, m)
+        names = set(m["files"])
+        assert {"model.safetensors", "hierarchy.json"} <= names
+        assert (graph in names) if graph else names == {"model.safetensors", "hierarchy.json"}
+        assert m["peft"] == {**m["peft"], "name": "lora", "merged": True, "modules_in_weights": False}
+        assert m["classes"] == ["cat", "dog", "oak", "pine"] and m["preprocess"]["image_size"] == 32
+        diffs = m["parity"]["max_abs_diff"]
+        assert set(diffs) == ({"bundle"} | ({fmt} if graph else set()))
+        assert all(0 <= d <= TOL for d in diffs.values()) and m["parity"]["passed"]
+        assert bundles[fmt + "-report"]["parity"] == m["parity"]
+        assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_merged_weights_hold_no_lora_tensors(bundles):
+    from safetensors.torch import load_file
+
+    keys = load_file(str(bundles["safetensors"] / "model.safetensors")).keys()
+    assert not [k for k in keys if "lora" in k] and any(k.startswith("clip.visual.") for k in keys)
+    assert "classifier.weight" in keys and not [k for k in keys if k.startswith("aligner")]
+
+
+def test_torchscript_matches_pytorch_within_tolerance(tiny, bundles):
+    x, ref = _reference(tiny["run"])
+    ts = torch.jit.load(str(bundles["torchscript"] / "model.ts"))
+    with torch.no_grad():
+        d = (ts(x) - ref).abs().max().item()
+        d1 = (ts(x[:1]) - ref[:1]).abs().max().item()
+    print(f"torchscript max abs diff {d:.3g} (batch 1: {d1:.3g})")
+    assert d <= TOL and d1 <= TOL
+
+
+def test_onnx_with_onnxruntime_matches_pytorch_within_tolerance(tiny, bundles):
+    ort = pytest.importorskip("onnxruntime")
+    x, ref = _reference(tiny["run"])
+    sess = ort.InferenceSession(str(bundles["onnx"] / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["images"] and [o.name for o in sess.get_outputs()] == ["logits"]
+    out = torch.from_numpy(sess.run(None, {"images": x.numpy()})[0])
+    one = torch.from_numpy(sess.run(None, {"images": x[:1].numpy()})[0])  # dynamic batch axis
+    d = (out - ref).abs().max().item()
+    print(f"onnx max abs diff {d:.3g}")
+    assert d <= TOL and (one - ref[:1]).abs().max().item() <= TOL
+
+
+def test_failed_parity_fails_and_removes_output(tiny, monkeypatch):
+    from hgltr_plugins.exporters import onnx as onnx_exporter
+
+    real = onnx_exporter.OnnxExporter.run
+    monkeypatch.setattr(onnx_exporter.OnnxExporter, "run",
+                        lambda self, d, g, images: real(self, d, g, images) + 10 * TOL)
+    out = tiny["base"] / "bundle-broken"
+    res = invoke("export", tiny["run"], "--format", "onnx", "--output", out)
+    assert res.exit_code != 0
+    assert "parity check failed" in res.stderr and "onnx" in res.stderr
+    assert not out.exists()
+
+
+def test_tolerance_flag_is_applied(tiny):
+    out = tiny["base"] / "bundle-strict"
+    res = invoke("export", tiny["run"], "--format", "onnx", "--tolerance", "0", "--output", out)
+    # merged LoRA and onnxruntime's kernels are not bit-identical to PyTorch: a zero tolerance fails
+    assert res.exit_code != 0 and "tolerance 0" in res.stderr and not out.exists()
+
+
+def test_parity_images_folder_and_options(tiny, tmp_path):
+    import shutil
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for i, p in enumerate(sorted((tiny["data"] / "test").rglob("*.png"))[:3]):
+        shutil.copy(p, pics / f"{i}.png")
+    (pics / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "b"
+    ok("export", tiny["run"], "-f", "onnx", "-o", "opset=18", "-o", "dynamic_batch=false", "--parity-images", pics,
+       "--output", out)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["graph"]["opset"] == 18 and m["graph"]["input_shape"][0] == 3
+    assert m["parity"]["num_images"] == 3 and str(pics) in m["parity"]["inputs"]
+    assert m["exporter_options"]["opset"] == 18
+
+
+def test_output_rules_and_bad_options(tiny, tmp_path, bundles):
+    res = invoke("export", tiny["run"], "--format", "onnx", "--output", bundles["safetensors"])
+    assert res.exit_code != 0 and "not empty" in res.stderr
+    res = invoke("export", tiny["run"], "-f", "onnx", "-o", "opsett=17", "--output", tmp_path / "x")
+    assert res.exit_code != 0 and "opset" in res.stderr and not (tmp_path / "x").exists()
+    res = invoke("export", tiny["run"], "-f", "tflite", "--output", tmp_path / "x")
+    assert res.exit_code != 0 and "hgltr list exporters" in res.stderr
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    res = invoke("export", tiny["run"], "--force", "--output", other)
+    assert res.exit_code != 0 and (other / "keep.txt").read_text() == "mine"  # --force replaces bundles only
+
+
+def test_force_replaces_a_bundle(tiny, tmp_path):
+    out = tmp_path / "b"
+    ok("export", tiny["run"], "-f", "onnx", "--output", out)
+    ok("export", tiny["run"], "-f", "safetensors", "--output", out, "--force")
+    assert sorted(p.name for p in out.iterdir()) == ["hierarchy.json", "manifest.json", "model.safetensors"]
+
+
+def test_exporters_are_plugins_with_typed_configs():
+    from hgltr_cli.plugins import get_plugins
+
+    reg = get_plugins().registry("exporters")
+    assert {"safetensors", "torchscript", "onnx"} <= set(reg.names())
+    assert reg.get("onnx").config_fields()["opset"] >= 7
+    assert "tolerance" in reg.get("torchscript").config_fields()
