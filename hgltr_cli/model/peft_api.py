@@ -17,14 +17,24 @@ change) and offers extension points PEFT methods fill:
 - ``block.parallel_adapter``  x -> delta, fed with the block input to the MLP branch (AdaptFormer/LIFT)
 - ``block.post``              tokens -> tokens, after the block (VPT strips its prompts after the last block)
 
-Trunks that are not open_clip ViTs (timm CNNs, ModifiedResNet) are described with their
-``kind``; a method that cannot handle one raises :func:`unsupported_trunk`.
+Trunks that are not open_clip ViTs are described with their ``kind``. For timm CNN trunks
+(e.g. the EfficientNet-Lite0 of ``quickstart-effnet-minilm``) ``trunk.blocks`` lists the
+residual blocks in forward order (timm's ``blocks.<stage>.<index>``, names in
+``trunk.block_names``) and two extension points exist:
+
+- :func:`add_output_branch`   block output y -> y + branch(y) (residual adapters after blocks),
+                              through a forward hook, so the frozen weights keep their keys
+- :func:`pointwise_convs`     a block's 1x1 convolutions (``conv_pw``, ``conv_pwl``): linear maps
+                              over channels that LoRA can wrap (replace ``block.<name>``)
+
+A method that cannot handle a trunk raises :func:`unsupported_trunk`.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, ClassVar, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -133,6 +143,18 @@ class VisionTrunk:
     patch_size: tuple = (0, 0)
     num_classes: int = 0
     detail: str = ""
+    block_names: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind == "timm" and not self.blocks:
+            found = cnn_blocks(self.visual)
+            self.block_names = [n for n, _ in found]
+            self.blocks = [b for _, b in found]
+
+    @property
+    def is_cnn(self) -> bool:
+        """A timm CNN whose residual blocks PEFT methods can adapt (see :func:`cnn_blocks`)."""
+        return self.kind == "timm" and bool(self.blocks)
 
     @property
     def n_blocks(self) -> int:
@@ -168,13 +190,71 @@ class VisionTrunk:
         return sorted(set(idx))
 
 
+# ----------------------------------------------------------------------------- CNN trunks
+
+def cnn_blocks(visual: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The residual blocks of a timm CNN trunk in forward order, as (name, module).
+
+    timm's EfficientNet/MobileNet family keeps them in ``trunk.blocks`` (a Sequential of stages,
+    each a Sequential of blocks): names are ``blocks.<stage>.<index>``. A block counts when it
+    holds a convolution. Anything else (a timm ViT, a ResNet's layer1..4) gives [].
+    """
+    trunk = getattr(visual, "trunk", visual)
+    stages = getattr(trunk, "blocks", None)
+    if not isinstance(stages, nn.Sequential):
+        return []
+    found: list[tuple[str, nn.Module]] = []
+    for s, stage in stages.named_children():
+        children = list(stage.named_children()) if isinstance(stage, nn.Sequential) else [("", stage)]
+        for i, block in children:
+            if any(isinstance(m, nn.Conv2d) for m in block.modules()):
+                found.append((f"blocks.{s}" + (f".{i}" if i else ""), block))
+    return found
+
+
+def block_out_channels(block: nn.Module) -> int:
+    """Channels a CNN block outputs: those of its last convolution."""
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise HgltrError(f"block {type(block).__name__} has no convolution")
+    return convs[-1].out_channels
+
+
+def pointwise_convs(block: nn.Module, names: Sequence[str] = ("conv_pw", "conv_pwl")) -> list[tuple[str, nn.Conv2d]]:
+    """The block's 1x1, stride-1, ungrouped convolutions among `names` (its direct children)."""
+    out = []
+    for name in names:
+        conv = getattr(block, name, None)
+        if isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (1, 1) and tuple(conv.stride) == (1, 1) \
+                and conv.groups == 1 and tuple(conv.dilation) == (1, 1):
+            out.append((name, conv))
+    return out
+
+
+def _add_branch_hook(attr: str, module: nn.Module, inputs, output):
+    return output + getattr(module, attr)(output)
+
+
+def add_output_branch(block: nn.Module, branch: nn.Module, attr: str = "peft_adapter") -> None:
+    """Make `block` return y + branch(y), y its own output. The branch becomes `block.<attr>`
+    (a submodule: saved, moved and trained with the model); the frozen weights keep their keys."""
+    if hasattr(block, attr):
+        raise HgltrError(f"block already has a {attr!r}: a PEFT method was applied twice.")
+    block.add_module(attr, branch)
+    block.register_forward_hook(functools.partial(_add_branch_hook, attr))
+
+
 def unsupported_trunk(method: str, trunk: VisionTrunk, needs: str = "a ViT image encoder") -> HgltrError:
     """The error a method raises for a trunk it cannot adapt (e.g. 'vpt needs a ViT')."""
     what = f"{trunk.kind} trunk" + (f" ({trunk.detail})" if trunk.detail else "")
-    return HgltrError(
-        f"PEFT method {method!r} needs {needs}; model {trunk.model_name!r} has a {what}.",
-        "Pick a ViT model (e.g. --model ViT-B-16) or another PEFT method (`hgltr list peft`; "
-        "'none' trains the classifier only).")
+    if trunk.is_cnn:
+        hint = ("On this CNN trunk use `--peft adapter` (residual adapters after blocks), `--peft lora` "
+                "(LoRA on the 1x1 convolutions) or `--peft none` (classifier only); or pick a ViT model "
+                "(e.g. --model ViT-B-16).")
+    else:
+        hint = ("Pick a ViT model (e.g. --model ViT-B-16) or another PEFT method (`hgltr list peft`; "
+                "'none' trains the classifier only).")
+    return HgltrError(f"PEFT method {method!r} needs {needs}; model {trunk.model_name!r} has a {what}.", hint)
 
 
 # ----------------------------------------------------------------------------- the method base
@@ -188,6 +268,7 @@ class PeftMethod:
 
     name: ClassVar[str] = ""
     supported_trunks: ClassVar[tuple[str, ...]] = ("vit",)
+    supports_cnn: ClassVar[bool] = False  # also adapts timm CNN trunks (VisionTrunk.is_cnn)
     mergeable: ClassVar[bool] = False
     config_class: ClassVar[Optional[type]] = None
 
@@ -199,8 +280,11 @@ class PeftMethod:
         self.applied = False
 
     def check_trunk(self, trunk: VisionTrunk) -> None:
+        if self.supports_cnn and trunk.is_cnn:
+            return
         if trunk.kind not in self.supported_trunks:
-            raise unsupported_trunk(self.name, trunk)
+            needs = "a ViT image encoder" + (" or a timm CNN with residual blocks" if self.supports_cnn else "")
+            raise unsupported_trunk(self.name, trunk, needs)
 
     def apply(self, trunk: VisionTrunk) -> None:  # pragma: no cover - interface
         raise NotImplementedError

@@ -22,5 +22,5 @@ def tiny_vit_config() -> dict:
 
 @hookimpl
 def register_models(register):
-    register("hgltr-tiny-vit", tiny_vit_config,
+    register("hgltr-tiny-vit", tiny_vit_config, default_pretrained="none",
              description="Tiny random-init open_clip ViT CLIP (32px, 2+2 blocks) for tests and smoke runs")

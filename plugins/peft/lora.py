@@ -12,6 +12,20 @@ the pre-trained function); scaling 1/r (LIFT's code). `merge()` folds (1/r) (A B
 frozen q/v rows of `in_proj_weight` for export; `unmerge()` takes it out again.
 Per block 4*d*r parameters: ViT-B/16 with r=64 gives 12 * 196,608 = 2,359,296, plus h_t
 395,008 = 2,754,304 (the paper's Table 6: 2.76M).
+
+CNN trunks (timm EfficientNet/MobileNet blocks, e.g. `quickstart-effnet-minilm`): a 1x1
+convolution is a linear map over channels applied at every pixel, W: C_out x C_in, so LoRA
+applies unchanged: each selected 1x1 conv becomes :class:`LoRAConv1x1`, which keeps the frozen
+`weight` under its original key and adds `(1/r_c) (x A) B` per pixel, A: C_in x r_c
+(Kaiming-uniform), B: r_c x C_out (zero), r_c = min(rank, C_in, C_out) (a higher rank adds
+nothing a full-rank delta could not). `merge()` adds (1/r_c) (A B)^T to the conv weight.
+Which convs: option `convs`, default `pw,pwl`: `conv_pw` (an inverted-residual block's
+expansion, or a depthwise-separable block's projection) and `conv_pwl` (the inverted-residual
+projection back to the residual stream). Together they hold all of a block's channel mixing;
+the depthwise 3x3 convs only filter each channel spatially (9 weights per channel) and are not
+linear maps over channels, so they stay frozen. `--set peft.convs=pwl` adapts only the
+projections (about half the parameters: 663,424 instead of 1,298,560 on
+EfficientNet-Lite0 at rank 64).
 """
 from __future__ import annotations
 
@@ -25,17 +39,27 @@ from torch.nn import functional as F
 
 from hgltr_cli import hookimpl
 from hgltr_cli.errors import HgltrError
-from hgltr_cli.model.peft_api import PeftMethod, VisionTrunk, qkv_projection, sdpa_attention
+from hgltr_cli.model.peft_api import PeftMethod, VisionTrunk, pointwise_convs, qkv_projection, sdpa_attention
+
+CONV_NAMES = {"pw": "conv_pw", "pwl": "conv_pwl"}
 
 
 @dataclass
 class LoRAConfig:
-    rank: int = 64  # r; Table 6's 2.76M is rank 64 on q and v
+    rank: int = 64  # r; Table 6's 2.76M is rank 64 on q and v (CNN convs: min(r, C_in, C_out))
     blocks: str = "all"
+    convs: str = "pw,pwl"  # CNN trunks only: which 1x1 convs of each block (pw, pwl)
 
     def validate(self):
         if self.rank < 1:
             raise ValueError("rank must be >= 1")
+        parts = [p.strip() for p in str(self.convs).split(",") if p.strip()]
+        bad = [p for p in parts if p not in CONV_NAMES]
+        if bad or not parts:
+            raise ValueError(f"convs must be a comma list of {', '.join(CONV_NAMES)} (got {self.convs!r})")
+
+    def conv_names(self) -> list[str]:
+        return [CONV_NAMES[p.strip()] for p in str(self.convs).split(",") if p.strip()]
 
 
 class LowRank(nn.Module):
@@ -98,6 +122,41 @@ class LoRAAttention(nn.Module):
         self.merged = False
 
 
+class LoRAConv1x1(nn.Module):
+    """A frozen 1x1 convolution plus a LoRA delta over channels; `weight` keeps its key."""
+
+    def __init__(self, conv: nn.Conv2d, rank: int):
+        super().__init__()
+        self.weight = conv.weight  # frozen (C_out, C_in, 1, 1)
+        self.bias = conv.bias
+        self.padding = conv.padding
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.rank = min(rank, self.in_channels, self.out_channels)
+        self.lora = LowRank(self.in_channels, self.out_channels, self.rank)
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(x, self.weight, self.bias, padding=self.padding)
+        if self.merged:
+            return y
+        return y + self.lora(x.movedim(1, -1)).movedim(-1, 1)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.weight[:, :, 0, 0] += self.lora.delta_weight().to(self.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.weight[:, :, 0, 0] -= self.lora.delta_weight().to(self.weight.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, rank={self.rank}"
+
+
 def _check_plain_attention(attn: nn.Module) -> None:
     """LoRAAttention recomputes attention itself: refuse variants it would silently change."""
     if isinstance(attn, nn.MultiheadAttention):
@@ -115,18 +174,31 @@ class LoRA(PeftMethod):
     name = "lora"
     config_class = LoRAConfig
     mergeable = True
+    supports_cnn = True
 
     def apply(self, trunk: VisionTrunk) -> None:
         self.check_trunk(trunk)
         for i in trunk.select_blocks(self.config.blocks):
             block = trunk.blocks[i]
-            block.attn = LoRAAttention(block.attn, self.config.rank)
-            self.modules.append(block.attn)
+            if trunk.kind == "vit":
+                block.attn = LoRAAttention(block.attn, self.config.rank)
+                self.modules.append(block.attn)
+                continue
+            for name, conv in pointwise_convs(block, self.config.conv_names()):
+                wrapped = LoRAConv1x1(conv, self.config.rank)
+                setattr(block, name, wrapped)
+                self.modules.append(wrapped)
+        if not self.modules:
+            raise HgltrError(f"LoRA found no {'/'.join(self.config.conv_names())} 1x1 convolution in the selected "
+                             f"blocks of {trunk.model_name!r}.", "Pick other blocks or --set peft.convs=pw,pwl.")
         self.applied = True
 
     def learnable_parameters(self):
         for mod in self.modules:
-            yield from (*mod.lora_q.parameters(), *mod.lora_v.parameters())
+            if isinstance(mod, LoRAConv1x1):
+                yield from mod.lora.parameters()
+            else:
+                yield from (*mod.lora_q.parameters(), *mod.lora_v.parameters())
 
     def merge(self) -> None:
         for mod in self.modules:
@@ -139,4 +211,4 @@ class LoRA(PeftMethod):
 
 @hookimpl
 def register_peft_methods(register):
-    register("lora", LoRA, config=LoRAConfig, description="LoRA (rank r, scaling 1/r) on the query and value projections")
+    register("lora", LoRA, config=LoRAConfig, description="LoRA (rank r, scaling 1/r) on ViT query/value projections or CNN 1x1 convolutions")
