@@ -125,9 +125,13 @@ def register(app: typer.Typer) -> None:
         try:
             result = run_train(resolved, out_dir, resume=bool(resume), console=err, progress=not no_progress)
         except Interrupted as exc:
+            if not exc.is_main:
+                raise typer.Exit(EXIT_SIGNAL.get(exc.signame, 130)) from None
             err.print(f"[yellow]Stopped by {exc.signame} at step {exc.step}; a resumable checkpoint was written.[/]")
             err.print(f"resume with: hgltr train --resume {exc.run_dir}", soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_SIGNAL.get(exc.signame, 130)) from None
+        if not result.get("is_main", True):
+            return
         if result.get("already_complete"):
             err.print(f"{result['run_dir']} is already complete ({result['epochs']} epochs); nothing to do.")
             return

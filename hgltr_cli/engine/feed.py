@@ -18,7 +18,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from hgltr_cli.errors import HgltrError
 
@@ -46,25 +45,6 @@ class Layout:
         return self
 
 
-def _sampler_cls():
-    from hgltr_cli.data.loader import EpochSampler
-
-    class WindowSampler(EpochSampler):
-        """The data layer's sampler, restricted to positions [start, stop) of this rank's share."""
-
-        def __init__(self, *args, start: int = 0, stop: int | None = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.start, self.stop = start, stop
-
-        def indices(self) -> list:
-            return super().indices()[self.start:self.stop]
-
-        def __len__(self) -> int:
-            return len(range(*slice(self.start, self.stop).indices(super().__len__())))
-
-    return WindowSampler
-
-
 def global_order_for(split, seed: int, epoch: int, sampler: str) -> np.ndarray:
     """The epoch's global sample order (what one process would read), as split indices."""
     from hgltr_cli.data.loader import EpochSampler
@@ -84,21 +64,27 @@ def step_counts(order: np.ndarray, labels, nontail: Sequence[bool] | torch.Tenso
 
 
 def train_loader(split, transform: Callable, layout: Layout, rank: int, seed: int, epoch: int, start_micro: int,
-                 sampler: str, workers: int = 0, pin_memory: bool = False, skip_bad_images: bool = False,
+                 sampler: str, workers: int = 0, pin_memory: bool | None = None, skip_bad_images: bool = False,
                  report=None):
-    """This rank's micro-batches of one epoch, from micro-batch `start_micro` to the last full step."""
-    from hgltr_cli.data.images import BadImageReport
-    from hgltr_cli.data.loader import HgltrLoader, ImageDataset, collate_skipping
+    """This rank's micro-batches of one epoch, from micro-batch `start_micro` to the last full step.
+
+    Built by the data layer's `build_loader`; its sampler is then narrowed to the window
+    [start, stop) of this rank's share (the order itself is unchanged), so skipped images are
+    never decoded and the partial last global batch is never read.
+    """
+    from hgltr_cli.data.loader import build_loader
 
     steps = len(split) // layout.global_batch
     per_rank = steps * layout.accum * layout.micro
-    smp = _sampler_cls()(split.labels, sampler, seed=seed, rank=rank, world_size=layout.world, drop_last=True,
-                         start=start_micro * layout.micro, stop=per_rank)
-    smp.set_epoch(epoch)
-    kwargs = {"persistent_workers": False} if workers > 0 else {}
-    dl = DataLoader(ImageDataset(split, transform), batch_size=layout.micro, sampler=smp, num_workers=workers,
-                    collate_fn=collate_skipping, pin_memory=pin_memory, drop_last=False, **kwargs)
-    return HgltrLoader(dl, smp, skip_bad_images, report if report is not None else BadImageReport())
+    loader = build_loader(split, transform, batch_size=layout.micro, sampler=sampler, seed=seed, workers=workers,
+                          rank=rank, world_size=layout.world, drop_last=True, skip_bad_images=skip_bad_images,
+                          report=report, pin_memory=pin_memory)
+    loader.set_epoch(epoch)
+    smp = loader.sampler
+    full = smp.indices
+    lo = start_micro * layout.micro
+    smp.indices = lambda: full()[lo:per_rank]  # instance attribute: EpochSampler.__iter__ reads self.indices()
+    return loader
 
 
 def eval_loader_for(split, transform: Callable, batch_size: int, rank: int = 0, world: int = 1, workers: int = 0,

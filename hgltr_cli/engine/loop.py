@@ -37,9 +37,9 @@ class NonFiniteLoss(HgltrError):
 class Interrupted(Exception):
     """Raised after a resumable checkpoint was written in response to SIGINT/SIGTERM."""
 
-    def __init__(self, run_dir: str, step: int, signame: str):
+    def __init__(self, run_dir: str, step: int, signame: str, is_main: bool = True):
         super().__init__(f"stopped by {signame} at step {step}")
-        self.run_dir, self.step, self.signame = run_dir, step, signame
+        self.run_dir, self.step, self.signame, self.is_main = run_dir, step, signame, is_main
 
 
 @dataclass
@@ -146,8 +146,13 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             unused = self.alpha == 0.0  # h_t then receives no gradient
+            import inspect
+
+            # buffers (text prototypes) are identical on every rank: no per-forward broadcast
+            sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                    else {"broadcast_buffers": False})
             self.step_module = DDP(step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                   broadcast_buffers=False, find_unused_parameters=unused)
+                                   find_unused_parameters=unused, **sync)
         else:
             self.step_module = step_module
         self.epoch = 0  # next epoch to run (0-based)
@@ -156,6 +161,7 @@ class Trainer:
         self.best_metric: float | None = None
         self.best_epoch: int | None = None
         self.last_val: dict | None = None
+        self.last_terms: dict | None = None
 
     # ------------------------------------------------------------------ state
     def trainer_state(self) -> dict:
@@ -200,7 +206,7 @@ class Trainer:
         p, t = self.parts, self.cfg.train
         return train_loader(p.train_split, p.train_transform, self.layout, self.ctx.rank, t.seed, epoch,
                             skip_steps * self.layout.accum, t.sampler, workers=self.cfg.dataset.workers,
-                            pin_memory=self.device.type == "cuda", skip_bad_images=p.skip_bad_images,
+                            pin_memory=None, skip_bad_images=p.skip_bad_images,
                             report=p.bad_report)
 
     def _micro_loss(self, images, targets, denom: torch.Tensor):
@@ -309,6 +315,7 @@ class Trainer:
         rec = {"event": "train", "epoch": epoch + 1, "step": self.step, "lr": self.schedule.get_last_lr()[0],
                "loss": total, **terms, "images_per_s": imgs / dt, "time": time.time()}
         self.log(rec)
+        self.last_terms = rec
         del n_rank
         progress.update(task, terms=f"loss {total:.4f} cls {terms['l_cls']:.4f} mse {terms['l_mse']:.4f} "
                                     f"dis {terms['l_dis']:.4f}", speed=f"{imgs / dt:.1f} img/s",
@@ -333,7 +340,7 @@ class Trainer:
         self.log({"event": "interrupted", "signal": signame, "epoch": self.epoch + 1, "step": self.step,
                   "checkpoint": name})
         self.ctx.barrier()
-        raise Interrupted(str(self.run.path) if self.run else "", self.step, signame)
+        raise Interrupted(str(self.run.path) if self.run else "", self.step, signame, self.ctx.is_main)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -384,14 +391,18 @@ class Trainer:
         self.save(f"epoch-{epoch + 1:04d}", is_best=is_best)
         if self.console is not None and self.ctx.is_main:
             msg = f"epoch {epoch + 1}/{self.cfg.train.epochs}"
+            if self.last_terms:
+                lt = self.last_terms
+                msg += (f"  loss {lt['loss']:.4f} (cls {lt['l_cls']:.4f} mse {lt['l_mse']:.4f} dis {lt['l_dis']:.4f})"
+                        f"  {lt['images_per_s']:.0f} img/s")
             if val is not None:
                 msg += f"  val top-1 {val['val_top1']:.4f}" + ("  (best)" if is_best else "")
             self.console.print(msg)
 
     # ------------------------------------------------------------------ progress
     def _progress(self):
-        if not self.show_progress:
-            return _NoProgress()
+        if not self.show_progress or (self.console is not None and not self.console.is_terminal):
+            return _NoProgress()  # logs and the per-epoch line still report; no redraws into files
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 

@@ -99,7 +99,7 @@ def run_train(cfg, output: str | None, *, resume: bool = False, plugins=None, co
         if loaded is not None:
             trainer.load(loaded)
             if trainer.epoch >= cfg.train.epochs:
-                return {"run_dir": str(run.path), "already_complete": True, "epochs": trainer.epoch,
+                return {"run_dir": str(run.path), "is_main": ctx.is_main, "already_complete": True, "epochs": trainer.epoch,
                         "step": trainer.step, "best_metric": trainer.best_metric, "best_epoch": trainer.best_epoch}
         if ctx.is_main and console is not None:
             console.print(f"[bold]hgltr train[/] {cfg.dataset.name}: {len(source.class_names)} classes, "
@@ -116,6 +116,6 @@ def run_train(cfg, output: str | None, *, resume: bool = False, plugins=None, co
                 done["bad_images_skipped"] = report.count
                 done["bad_images"] = report.lines()
             run.log(done)
-        return {"run_dir": str(run.path), **result, "bad_images": report.lines() if report else []}
+        return {"run_dir": str(run.path), "is_main": ctx.is_main, **result, "bad_images": report.lines() if report else []}
     finally:
         ctx.close()
