@@ -288,6 +288,8 @@ class Trainer:
                             self._interrupt(stop.signame or "SIGTERM")
                 self.epoch, self.steps_in_epoch = epoch + 1, 0
                 self._end_epoch(epoch)
+                if self.epoch < t.epochs and self._agree(stop.set):  # signal during validation/saving:
+                    self._interrupt(stop.signame or "SIGTERM", save=False)  # the epoch checkpoint resumes
         return {"epochs": self.epoch, "step": self.step, "best_metric": self.best_metric,
                 "best_epoch": self.best_epoch, "last_val": self.last_val}
 
@@ -334,9 +336,20 @@ class Trainer:
                             "Lower the learning rate (--set train.lr=...), use --set train.precision=fp32, "
                             "or check the inputs; then start a new run.")
 
-    def _interrupt(self, signame: str) -> None:
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank when any rank saw the stop signal (one tiny collective; epoch ends only)."""
+        if not self.ctx.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        self.ctx.all_reduce_sum(t)
+        return bool(t.item() > 0)
+
+    def _interrupt(self, signame: str, save: bool = True) -> None:
         name = f"step-{self.step:07d}"
-        self.save(name)
+        if save:
+            self.save(name)
+        elif self.run is not None:
+            name = ckpt.read_index(self.run.checkpoints).get("last", name)
         self.log({"event": "interrupted", "signal": signame, "epoch": self.epoch + 1, "step": self.step,
                   "checkpoint": name})
         self.ctx.barrier()

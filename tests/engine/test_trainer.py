@@ -242,3 +242,94 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path, reference, accum):
     single = Trainer(F.make_cfg(), F.make_parts(), device="cpu", progress=False)
     single.model.load_learnable_state_dict(reference)
     assert got["val"]["val_top1"] == pytest.approx(single.validate()["val_top1"])
+
+
+def test_signal_during_validation_stops_after_the_epoch_checkpoint(tmp_path, reference, monkeypatch):
+    real_validate = Trainer.validate
+
+    def validate_and_signal(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_validate(self)
+
+    monkeypatch.setattr(Trainer, "validate", validate_and_signal)
+    tr = trainer(tmp_path)
+    with pytest.raises(Interrupted) as info:
+        tr.fit()
+    monkeypatch.undo()
+    assert info.value.signame == "SIGTERM" and info.value.step == 6
+    assert ckpt.read_index(tmp_path / "checkpoints")["last"] == "epoch-0001"
+    tr2 = trainer(None)
+    tr2.load(ckpt.load_checkpoint(tmp_path / "checkpoints", "last"))
+    tr2.fit()
+    assert_same(weights(tr2), reference)
+
+
+def test_adamw_with_warmup_resumes_exactly(tmp_path, monkeypatch):
+    cfg = dict(optimizer="adamw", lr=0.01, weight_decay=0.05, warmup_epochs=1.0, epochs=2)
+    ref = trainer(**cfg)
+    ref.fit()
+    tr = trainer(tmp_path, **cfg)
+    real_end = Trainer._end_epoch
+
+    def crash(self, epoch):
+        real_end(self, epoch)
+        raise SystemExit
+
+    monkeypatch.setattr(Trainer, "_end_epoch", crash)
+    with pytest.raises(SystemExit):
+        tr.fit()
+    monkeypatch.undo()
+    tr2 = trainer(None, **cfg)
+    tr2.load(ckpt.load_checkpoint(tmp_path / "checkpoints", "last"))
+    assert tr2.schedule.t == 6 and tr2.optimizer.state_dict()["state"]  # AdamW moments came back
+    tr2.fit()
+    assert_same(weights(tr2), weights(ref))
+
+
+def test_cosine_schedule_with_warmup():
+    import math
+
+    from hgltr_cli.engine.optim import CosineSchedule
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.2)
+    sch = CosineSchedule(opt, total_steps=10, warmup_steps=4)
+    seen = [opt.param_groups[0]["lr"]]
+    for _ in range(10):
+        sch.step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen[:4] == pytest.approx([0.05, 0.1, 0.15, 0.2])
+    assert seen[4 + 3] == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))
+    assert seen[10] == pytest.approx(0.0, abs=1e-12)
+    sch2 = CosineSchedule(torch.optim.SGD([p], lr=0.2), total_steps=10, warmup_steps=4)
+    sch2.load_state_dict(json.loads(json.dumps(sch.state_dict())))
+    assert sch2.get_last_lr() == sch.get_last_lr()
+
+
+@pytest.mark.parametrize("sampler", ["random", "class-balanced"])
+def test_every_layout_feeds_the_same_samples_per_step(sampler):
+    """world x accum splits of the global batch cover exactly the one-process step; denominators match."""
+    from hgltr_cli.engine.feed import Layout, global_order_for, step_counts, train_loader
+
+    split = F.FakeSplit(F.COUNTS)
+    order = global_order_for(split, 5, 2, sampler)
+    B = 8
+    steps = len(split) // B
+    want = [sorted(order[t * B:(t + 1) * B].tolist()) for t in range(steps)]
+    for world, accum in ((1, 1), (2, 1), (2, 2), (1, 4)):
+        lay = Layout(B, world, accum).check()
+        got = [[] for _ in range(steps)]
+        for rank in range(world):
+            loader = train_loader(split, F.ident, lay, rank, 5, 2, 0, sampler)
+            idx = [i for i, _seed in loader.sampler.indices()]
+            per_step = accum * lay.micro
+            for t in range(steps):
+                got[t] += idx[t * per_step:(t + 1) * per_step]
+        assert [sorted(g) for g in got] == want, (world, accum)
+    nt = torch.tensor([c >= 8 for c in F.COUNTS])
+    counts = step_counts(order, split.labels, nt, B)
+    assert counts.tolist() == [int(nt[split.labels[w]].sum()) for w in want]
+    lay = Layout(B, 2, 2)
+    late = train_loader(split, F.ident, lay, 1, 5, 2, 3 * 2, sampler).sampler.indices()  # resume at step 3
+    full = train_loader(split, F.ident, lay, 1, 5, 2, 0, sampler).sampler.indices()
+    assert late == full[3 * 2 * lay.micro:]
