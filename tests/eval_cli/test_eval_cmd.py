@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import CLASSES, TEST_PER_CLASS, invoke, ok
+from evalcli_fixtures import CLASSES, TEST_PER_CLASS, invoke, ok, tiny  # noqa: F401 (fixture)
 
 
 def _test_images(run):

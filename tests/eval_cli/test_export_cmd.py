@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import invoke, ok
+from evalcli_fixtures import invoke, ok, tiny  # noqa: F401 (fixture)
 
 TOL = 1e-4
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import CLASSES, invoke, ok, read_jsonl, train_run
+from evalcli_fixtures import CLASSES, invoke, ok, read_jsonl, train_run, tiny  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,7 @@
-"""One tiny trained run shared by the eval/predict/export tests (module-scoped where possible).
+"""One tiny trained run shared by the eval/predict/export tests (trained once per session).
+
+Not named conftest.py: the suite imports the top-level tests/conftest.py as `conftest`, and a
+second conftest module here would shadow it. Test modules import the fixture from here.
 
 The run is real: generated PNG images in an imagefolder tree (train/ and test/, val held out of
 train), a two-level hierarchy, `hgltr train` with the tiny random-init ViT and LoRA for one epoch.
@@ -6,12 +9,15 @@ train), a two-level hierarchy, `hgltr train` with the tiny random-init ViT and L
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CLASSES = {"cat": ("animal", 14, (200, 50, 50)), "dog": ("animal", 9, (170, 120, 40)),
            "oak": ("plant", 6, (40, 160, 60)), "pine": ("plant", 4, (20, 90, 40))}
@@ -59,14 +65,19 @@ def train_run(base: Path, name: str, peft: str, data: Path, hier: Path) -> Path:
     return out
 
 
+_SHARED: dict = {}
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """Paths of the shared data, hierarchy and LoRA run."""
-    base = tmp_path_factory.mktemp("evalcli")
-    data = make_data(base / "data")
-    hier = make_hierarchy(base / "hier.json")
-    run = train_run(base, "run-lora", "lora", data, hier)
-    return {"base": base, "data": data, "hier": hier, "run": run}
+    """Paths of the shared data, hierarchy and LoRA run (each importing module gets the same one)."""
+    if not _SHARED:
+        base = tmp_path_factory.mktemp("evalcli")
+        data = make_data(base / "data")
+        hier = make_hierarchy(base / "hier.json")
+        run = train_run(base, "run-lora", "lora", data, hier)
+        _SHARED.update(base=base, data=data, hier=hier, run=run)
+    return dict(_SHARED)
 
 
 def read_jsonl(text: str) -> list[dict]:
