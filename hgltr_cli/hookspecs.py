@@ -34,7 +34,7 @@ def register_losses(register):
 
 @hookspec
 def register_exporters(register):
-    """Register exporters: factory(config) -> object with export(run, output_dir)."""
+    """Register exporters: factory(options) -> hgltr_cli.exporting.Exporter (docs/eval-predict-export.md)."""
 
 
 @hookspec
