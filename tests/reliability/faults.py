@@ -165,3 +165,60 @@ def snapshot(run: Path) -> dict[str, bytes]:
     """Every file under run/checkpoints: relative path -> bytes (to prove a failure changed nothing)."""
     root = run / "checkpoints"
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- crafted images
+
+def bad_images(folder: Path, prefix: str = "bad") -> list[Path]:
+    """Corrupt (random bytes with a .jpg name), truncated JPEG, zero-byte PNG, PNG header only."""
+    import io
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    p = folder / f"{prefix}_corrupt.jpg"
+    p.write_bytes(np.random.default_rng(1).integers(0, 256, 700, dtype=np.uint8).tobytes())
+    out.append(p)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG", quality=95)
+    p = folder / f"{prefix}_truncated.jpg"
+    p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    out.append(p)
+    p = folder / f"{prefix}_empty.png"
+    p.write_bytes(b"")
+    out.append(p)
+    p = folder / f"{prefix}_header_only.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n")
+    out.append(p)
+    return out
+
+
+def awkward_images(folder: Path, prefix: str = "odd", large: int = 3000) -> list[Path]:
+    """Decodable but unusual: L, P (+transparency), CMYK JPEG, 16-bit PNG, RGBA, LA, 1-bit, float TIFF, very large."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    out = []
+
+    def save(name, im, **kw):
+        p = folder / f"{prefix}_{name}"
+        im.save(p, **kw)
+        out.append(p)
+
+    save("gray.png", Image.fromarray(rgb[..., 0], "L"))
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    save("palette.png", pal, transparency=0)
+    save("palette.gif", Image.fromarray(rgb).convert("P"))
+    save("cmyk.jpg", Image.fromarray(rgb).convert("CMYK"), quality=90)
+    save("16bit.png", Image.fromarray((rng.integers(0, 65536, (40, 48))).astype(np.uint16)))
+    rgba = np.concatenate([rgb, rng.integers(0, 256, (40, 48, 1), dtype=np.uint8)], axis=2)
+    save("alpha.png", Image.fromarray(rgba, "RGBA"))
+    save("gray_alpha.png", Image.fromarray(rgba[..., :4:2].copy(), "LA"))  # channels 0 and 2
+    save("bilevel.png", Image.fromarray(rgb[..., 0] > 128))
+    save("float.tif", Image.fromarray(rng.random((40, 48)).astype(np.float32), "F"))
+    big = Image.new("RGB", (large, large * 2 // 3), (90, 140, 200))
+    save("large.jpg", big, quality=80)
+    return out
