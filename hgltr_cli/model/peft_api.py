@@ -80,8 +80,11 @@ class PeftViTBlock(nn.Module):
     def attention(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.ln_1(x)
         if _is_mha(self.attn):
-            mask = attn_mask.to(h.dtype) if attn_mask is not None else None
-            out = self.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+            if fused_mha_ok(self.attn):
+                out = fused_mha(self.attn, h, attn_mask)
+            else:
+                mask = attn_mask.to(h.dtype) if attn_mask is not None else None
+                out = self.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
         else:
             out = self.attn(h, attn_mask=attn_mask)
         return self.ls_1(self.ln_attn(out))
@@ -121,6 +124,33 @@ def sdpa_attention(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
         attn_mask = attn_mask.to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     return out_proj(out.transpose(1, 2).reshape(n, length, c))
+
+
+def fused_mha_ok(attn: nn.MultiheadAttention) -> bool:
+    """True when :func:`fused_mha` computes exactly what this nn.MultiheadAttention computes:
+    batch-first self-attention with packed q/k/v weights, no bias_k/bias_v, no zero-attention,
+    and no attention dropout while training."""
+    return (attn.batch_first and attn._qkv_same_embed_dim and attn.bias_k is None and attn.bias_v is None
+            and not attn.add_zero_attn and (attn.dropout == 0.0 or not attn.training))
+
+
+def fused_mha(attn: nn.MultiheadAttention, h: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Self-attention of an open_clip nn.MultiheadAttention block as one q/k/v GEMM plus
+    F.scaled_dot_product_attention (flash kernels on CPU and GPU).
+
+    nn.MultiheadAttention's training path (a frozen, batch-first module with grad-requiring
+    input) transposes to sequence-first and runs the packed projection as per-token broadcast
+    bmm's; under bf16 autocast it also re-materialises a broadcast weight copy per call. The
+    result here is the same function (tests/benchmarks/test_optimisations.py): a bool mask keeps
+    nn.MultiheadAttention's meaning (True = not allowed), a float mask is added to the scores.
+    """
+    if attn_mask is not None:
+        if attn_mask.dim() == 3:  # (N * heads, L, L) -> (N, heads, L, L)
+            attn_mask = attn_mask.reshape(h.shape[0], attn.num_heads, *attn_mask.shape[-2:])
+        if attn_mask.dtype == torch.bool:
+            attn_mask = ~attn_mask  # SDPA: True = may attend
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    return sdpa_attention(h, q, k, v, attn.num_heads, attn.out_proj, attn_mask)
 
 
 # ----------------------------------------------------------------------------- the trunk
