@@ -197,12 +197,26 @@ def read_index(ckpt_root: Path) -> dict:
                               "or start a new run.") from None
 
 
+def remove_leftovers(ckpt_root: Path) -> list[str]:
+    """Delete temporary folders/files of writes cut short (kill -9, power loss); one writer per run."""
+    gone = []
+    for child in ckpt_root.iterdir():
+        if child.name.startswith(".tmp-") or (child.name.startswith(".") and ".tmp-" in child.name):
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            gone.append(child.name)
+    return gone
+
+
 def save_checkpoint(ckpt_root: str | Path, name: str, *, model_sd: dict[str, torch.Tensor], optimizer_sd: dict,
                     state: dict, rng: bool = True, is_best: bool = False, best_metric: float | None = None,
                     keep: tuple[str, ...] = ()) -> dict:
     """Write checkpoint NAME atomically, point index.json's `last` (and `best`) at it, prune the rest."""
     ckpt_root = Path(ckpt_root)
     ckpt_root.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(ckpt_root)
     index = read_index(ckpt_root)
     optim_json, tensors = _split_optimizer_state(optimizer_sd)
     state = dict(state, format=STATE_FORMAT, optimizer=optim_json)

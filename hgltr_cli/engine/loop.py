@@ -288,8 +288,8 @@ class Trainer:
                             self._interrupt(stop.signame or "SIGTERM")
                 self.epoch, self.steps_in_epoch = epoch + 1, 0
                 self._end_epoch(epoch)
-                if self.epoch < t.epochs and self._agree(stop.set):  # signal during validation/saving:
-                    self._interrupt(stop.signame or "SIGTERM", save=False)  # the epoch checkpoint resumes
+                if self.epoch < t.epochs and self._agree(stop.set):  # signal during validation/saving
+                    self._interrupt(stop.signame or "SIGTERM")
         return {"epochs": self.epoch, "step": self.step, "best_metric": self.best_metric,
                 "best_epoch": self.best_epoch, "last_val": self.last_val}
 
@@ -344,12 +344,10 @@ class Trainer:
         self.ctx.all_reduce_sum(t)
         return bool(t.item() > 0)
 
-    def _interrupt(self, signame: str, save: bool = True) -> None:
+    def _interrupt(self, signame: str) -> None:
+        """Every stop by signal leaves a `step-*` checkpoint of the moment it stopped, then exits."""
         name = f"step-{self.step:07d}"
-        if save:
-            self.save(name)
-        elif self.run is not None:
-            name = ckpt.read_index(self.run.checkpoints).get("last", name)
+        self.save(name)
         self.log({"event": "interrupted", "signal": signame, "epoch": self.epoch + 1, "step": self.step,
                   "checkpoint": name})
         self.ctx.barrier()

@@ -257,7 +257,8 @@ def test_signal_during_validation_stops_after_the_epoch_checkpoint(tmp_path, ref
         tr.fit()
     monkeypatch.undo()
     assert info.value.signame == "SIGTERM" and info.value.step == 6
-    assert ckpt.read_index(tmp_path / "checkpoints")["last"] == "epoch-0001"
+    index = ckpt.read_index(tmp_path / "checkpoints")
+    assert index["last"] == "step-0000006" and index["entries"]["step-0000006"]["epoch"] == 1
     tr2 = trainer(None)
     tr2.load(ckpt.load_checkpoint(tmp_path / "checkpoints", "last"))
     tr2.fit()
@@ -333,3 +334,13 @@ def test_every_layout_feeds_the_same_samples_per_step(sampler):
     late = train_loader(split, F.ident, lay, 1, 5, 2, 3 * 2, sampler).sampler.indices()  # resume at step 3
     full = train_loader(split, F.ident, lay, 1, 5, 2, 0, sampler).sampler.indices()
     assert late == full[3 * 2 * lay.micro:]
+
+
+def test_next_write_removes_leftovers_of_a_killed_write(tmp_path):
+    tr = trainer(tmp_path, epochs=1)
+    root = tmp_path / "checkpoints"
+    (root / ".tmp-epoch-0001-99999").mkdir(parents=True)  # a folder left by a write killed with -9
+    (root / ".tmp-epoch-0001-99999" / ckpt.MODEL_FILE).write_bytes(b"partial")
+    (root / ".index.json.tmp-99999").write_text("{")
+    tr.fit()
+    assert sorted(p.name for p in root.iterdir()) == ["epoch-0001", "index.json"]
