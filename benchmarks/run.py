@@ -221,6 +221,11 @@ def markdown(results: dict) -> str:
             e = row["naive_fp32"]
             lines.append(f"| {m} | naive fp32 | {_ips(e['images_per_s'])} | 1.00 | {_f(e.get('mfu'), 3)} | | "
                          f"{e['peak_memory_mb']:.0f} |")
+    if results.get("compiled"):
+        c = results["compiled"]
+        lines += ["", f"torch.compile (adapter, {c['precision']}): {_ips(c['hgltr']['images_per_s'])} images/s, "
+                      f"peak RSS {c['hgltr']['memory']['peak_mb']:.0f} MB, first step incl. compiling "
+                      f"{c['hgltr']['compile_first_step_s']:.0f} s."]
     if "eval" in s:
         ev = results["eval"]
         lines += ["", f"Eval forward (`hgltr eval`'s forward, batch {ev['batch']}, "
@@ -283,6 +288,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the default method under torch.compile (compile time reported)")
     ap.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -318,6 +325,13 @@ def main(argv=None) -> int:
             if "naive" in r:
                 msg += f"  (naive fp32 {r['naive']['images_per_s']['median']:.2f} img/s)"
             log(msg)
+    if args.compile:
+        prec = p["auto_precision"]
+        r = run_case({**base, "kind": "train", "peft": "adapter", "precision": prec, "naive": False,
+                      "compile": True}, p["inprocess"])
+        results["compiled"] = r
+        log(f"train adapter {prec} compiled: {r['hgltr']['images_per_s']['median']:.2f} img/s, "
+            f"first step (compile) {r['hgltr']['compile_first_step_s']:.1f} s")
     if p.get("eval"):
         results["eval"] = run_case({**base, "kind": "eval", "batch": p["eval"]["batch"],
                                     "precisions": p["eval"]["precisions"]}, p["inprocess"])

@@ -96,10 +96,14 @@ class PeftViTBlock(nn.Module):
         x = x + self.attention(x, attn_mask)
         m = self.mlp(self.ln_2(x))
         out = x + self.ls_2(m)
+        # adapter deltas join the residual stream in the stream's dtype: under bf16 autocast an fp32
+        # delta (an fp32 scale parameter) would otherwise promote the whole stream to fp32 from the
+        # first adapted block on (fp32 residual adds and LayerNorms, a cast before every GEMM).
+        # In fp32 the cast is a no-op.
         if self.mlp_adapter is not None:
-            out = out + self.mlp_adapter(m)
+            out = out + self.mlp_adapter(m).to(out.dtype)
         if self.parallel_adapter is not None:
-            out = out + self.parallel_adapter(x)
+            out = out + self.parallel_adapter(x).to(out.dtype)
         if self.post is not None:
             out = self.post(out)
         return out

@@ -162,3 +162,29 @@ def test_text_prototypes_not_recomputed_per_step(plugins):
         eng.step()
     assert calls == []
     assert torch.equal(eng.model.text_features, before)
+
+
+@pytest.mark.parametrize("peft", ["adapter", "lift", "lora", "vpt-deep", "none"])
+def test_bf16_keeps_residual_stream_in_bf16_and_matches_fp32(plugins, peft):
+    """Under bf16 autocast every block returns bf16 (adapter deltas no longer promote the stream to
+    fp32), and the bf16 loss stays within bf16 rounding of the fp32 loss; fp32 is untouched."""
+    eng = _tiny_engine(plugins, peft)
+    for blk in eng.model.clip.visual.transformer.resblocks:  # non-zero adapters/LoRA so they matter
+        for name, p in blk.named_parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.02)
+    eng.model.eval()
+    dtypes = []
+    hooks = [b.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+             for b in eng.model.clip.visual.transformer.resblocks]
+    with torch.no_grad():
+        ref, _ = eng.model(eng.images)
+        assert set(dtypes) == {torch.float32}
+        dtypes.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low, _ = eng.model(eng.images)
+    for h in hooks:
+        h.remove()
+    assert set(dtypes) == {torch.bfloat16}
+    scale = float(ref.abs().max())
+    torch.testing.assert_close(low.float(), ref, atol=0.05 * scale, rtol=0.05)
