@@ -9,7 +9,10 @@ Layout under RUN/checkpoints/:
 A checkpoint directory is written under a temporary name, every file fsynced, then renamed
 into place; index.json is replaced the same way (tmp + fsync + rename) only after that, so
 at every instant the index names complete, checksummed checkpoints. Loading verifies the
-sha256 of every file before any tensor is read.
+sha256 of every file before any tensor is read. Besides `last` and `best`, the checkpoint
+`last` replaced is kept, so one damaged checkpoint never leaves a run without a good one
+(`load_latest_good` falls back to it). Names read from index.json must be plain folder names
+inside checkpoints/; files that are not safetensors are refused even when their checksums match.
 """
 from __future__ import annotations
 
@@ -232,7 +235,8 @@ def save_checkpoint(ckpt_root: str | Path, name: str, *, model_sd: dict[str, tor
         if is_best:
             new["best"] = name
             new["best_metric"] = best_metric
-        keep_names = {new.get("last"), new.get("best"), *keep}
+        # the checkpoint `last` replaces stays too: a fallback if the newest one is ever damaged
+        keep_names = {new.get("last"), new.get("best"), index.get("last"), *keep} - {None}
         new["entries"] = {k: v for k, v in entries.items() if k in keep_names}
         atomic_write_json(ckpt_root / INDEX, new)
     except OSError as exc:
@@ -243,6 +247,16 @@ def save_checkpoint(ckpt_root: str | Path, name: str, *, model_sd: dict[str, tor
     return new
 
 
+def _plain_name(ckpt_root: Path, name: Any) -> str:
+    """A checkpoint name from index.json must be a folder directly inside checkpoints/."""
+    if (not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name
+            or "\x00" in name or os.sep in name):
+        raise CheckpointError(f"{INDEX} under {str(ckpt_root)!r} names checkpoint {name!r}, which is not a folder "
+                              "inside checkpoints/ (the index was edited or damaged).",
+                              "Do not trust this run directory; restore it from a backup or train again.")
+    return name
+
+
 def resolve_entry(ckpt_root: str | Path, which: str = "last") -> tuple[Path, dict]:
     """The directory and index entry of checkpoint `which` ('last', 'best' or a directory name)."""
     ckpt_root = Path(ckpt_root)
@@ -251,10 +265,10 @@ def resolve_entry(ckpt_root: str | Path, which: str = "last") -> tuple[Path, dic
         raise CheckpointError(f"no checkpoint under {str(ckpt_root)!r} (no {INDEX}).",
                               "The run stopped before its first checkpoint; start it again.")
     name = index.get(which) if which in ("last", "best") else which
-    if not name or name not in index.get("entries", {}):
+    if not name or name not in (index.get("entries") or {}):
         raise CheckpointError(f"the run under {str(ckpt_root.parent)!r} has no {which!r} checkpoint.",
                               "A best checkpoint needs a validation split; use which='last'.")
-    return ckpt_root / name, index["entries"][name]
+    return ckpt_root / _plain_name(ckpt_root, name), index["entries"][name]
 
 
 def load_checkpoint(ckpt_root: str | Path, which: str = "last", *, device: str | torch.device = "cpu",
@@ -270,7 +284,13 @@ def load_checkpoint(ckpt_root: str | Path, which: str = "last", *, device: str |
     if hashlib.sha256(raw).hexdigest() != entry.get("state_sha256"):
         raise CheckpointError(f"checkpoint {str(sp)!r} fails its checksum (the file was changed or damaged).",
                               "Do not trust this checkpoint; resume from another run or start again.")
-    state = json.loads(raw.decode("utf-8"))
+    try:
+        state = json.loads(raw.decode("utf-8"))
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {str(sp)!r} is not a trainer state ({exc}).",
+                              "Do not trust this checkpoint; resume from another run or start again.") from None
     files = [MODEL_FILE] + ([OPTIM_FILE] if with_optimizer else [])
     for f in files:
         p = d / f
@@ -279,9 +299,49 @@ def load_checkpoint(ckpt_root: str | Path, which: str = "last", *, device: str |
         if sha256_file(p) != state.get("files", {}).get(f):
             raise CheckpointError(f"checkpoint file {str(p)!r} fails its sha256 checksum (changed or damaged).",
                                   "Do not trust this checkpoint; resume from another run or start again.")
-    out = {"dir": d, "state": state, "model": load_file(str(d / MODEL_FILE), device=str(device))}
+    def read(f: str, dev) -> dict[str, torch.Tensor]:
+        try:  # safetensors only: anything else (a planted pickle) is refused, never unpickled
+            return load_file(str(d / f), device=str(dev))
+        except Exception as exc:  # noqa: BLE001 - SafetensorError and friends
+            raise CheckpointError(f"checkpoint file {str(d / f)!r} is not a valid safetensors file "
+                                  f"({type(exc).__name__}: {str(exc)[:200]}).",
+                                  "hgltr reads only safetensors from run directories; do not trust this "
+                                  "checkpoint.") from None
+
+    out = {"dir": d, "state": state, "model": read(MODEL_FILE, device)}
     if with_optimizer:
-        tensors = load_file(str(d / OPTIM_FILE), device="cpu")
-        out["optimizer"] = _join_optimizer_state(state["optimizer"], tensors)
+        tensors = read(OPTIM_FILE, "cpu")
+        try:
+            out["optimizer"] = _join_optimizer_state(state["optimizer"], tensors)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint {str(d)!r}: the trainer state does not match its optimizer tensors "
+                                  f"({type(exc).__name__}: {exc}).", "Do not trust this checkpoint.") from None
         out["rng_tensors"] = {k: v for k, v in tensors.items() if k.startswith("rng.")}
     return out
+
+
+def load_latest_good(ckpt_root: str | Path, *, device: str | torch.device = "cpu",
+                     with_optimizer: bool = True) -> tuple[dict, list[str]]:
+    """The `last` checkpoint, or, if it fails verification, the newest other indexed one that passes.
+
+    Returns (loaded, problems): `problems` has one line per damaged checkpoint passed over.
+    Raises the `last` checkpoint's CheckpointError when none passes.
+    """
+    ckpt_root = Path(ckpt_root)
+    index = read_index(ckpt_root)
+    entries = index.get("entries") or {}
+    order = [index.get("last")] + sorted((n for n in entries if n != index.get("last")),
+                                         key=lambda n: (int(entries[n].get("step") or 0), n), reverse=True)
+    problems: list[str] = []
+    first: CheckpointError | None = None
+    for name in order:
+        if not name:
+            continue
+        try:
+            return load_checkpoint(ckpt_root, name, device=device, with_optimizer=with_optimizer), problems
+        except CheckpointError as exc:
+            first = first or exc
+            problems.append(exc.message)
+    if first is None:
+        first = CheckpointError(f"no checkpoint under {str(ckpt_root)!r}.", "Start the run again.")
+    raise first
