@@ -155,7 +155,7 @@ def summarise(results: dict) -> dict:
             if "flops" in case and p in peaks:
                 peak = peaks[p]["gflops"]["median"] * 1e9
                 entry["gflop_per_image"] = round(case["flops"]["per_step"] / case["batch"] / 1e9, 2)
-                entry["mfu"] = round(case["flops"]["per_step"] * ips / case["batch"] / peak, 3)
+                entry["mfu"] = round(case["flops"]["per_step"] * ips / case["batch"] / peak, 6)
             row[p] = entry
         if m in naive:
             row["naive_fp32"] = {"images_per_s": naive[m]["images_per_s"],
@@ -164,7 +164,7 @@ def summarise(results: dict) -> dict:
             if "fp32" in peaks and "flops" in next(iter(by_p.values())):
                 c = next(iter(by_p.values()))
                 row["naive_fp32"]["mfu"] = round(c["flops"]["per_step"] * naive[m]["images_per_s"]["median"]
-                                                 / c["batch"] / (peaks["fp32"]["gflops"]["median"] * 1e9), 3)
+                                                 / c["batch"] / (peaks["fp32"]["gflops"]["median"] * 1e9), 6)
         summary["train"][m] = row
     ev = results.get("eval")
     if ev:
@@ -172,7 +172,7 @@ def summarise(results: dict) -> dict:
         for p in results["plan"]["eval"]["precisions"]:
             ips = ev[p]["images_per_s"]["median"]
             summary["eval"][p] = {"images_per_s": ev[p]["images_per_s"],
-                                  "mfu": round(ev["flops"]["per_image"] * ips / (peaks[p]["gflops"]["median"] * 1e9), 3)}
+                                  "mfu": round(ev["flops"]["per_image"] * ips / (peaks[p]["gflops"]["median"] * 1e9), 6)}
     return summary
 
 

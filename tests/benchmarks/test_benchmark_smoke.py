@@ -1,0 +1,69 @@
+"""benchmarks/run.py's machinery on hgltr-tiny-vit (--smoke): every section runs and reports its fields.
+
+Speed is never asserted here: numbers are measured by benchmarks/run.py, not by tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_smoke_run_writes_every_section(tmp_path):
+    out = tmp_path / "smoke.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HGLTR_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["plan"]["mode"] == "smoke"
+    for p in res["plan"]["precisions"]:
+        assert res["matmul_peak"][p]["gflops"]["median"] > 0
+    methods = res["plan"]["methods"]
+    assert [c["peft"] for c in res["train"]] == [m for m in methods for _ in res["plan"]["precisions"]]
+    for case in res["train"]:
+        h = case["hgltr"]
+        assert set(h["images_per_s"]) == {"median", "min", "max", "n"}
+        assert h["images_per_s"]["min"] <= h["images_per_s"]["median"] <= h["images_per_s"]["max"]
+        assert h["memory"]["peak_mb"] > 0
+        assert h["text_encoder_calls_during_steps"] == 0
+        assert case["flops"]["per_step"] > 0 and case["flops"]["per_image"] > 0
+        if "naive" in case:
+            assert case["naive"]["loss_abs_diff_vs_hgltr_fp32"] < 1e-4
+    for m in methods:
+        row = res["summary"]["train"][m]
+        for p in res["plan"]["precisions"]:
+            assert row[p]["speedup_vs_naive"] > 0 and row[p]["mfu"] > 0
+    assert res["eval"]["flops"]["per_image"] > 0 and res["summary"]["eval"]
+    assert res["predict"]["images"] == res["plan"]["predict_images"]
+    assert res["text"]["prompts"] == res["plan"]["text_prompts"]
+    for h in res["hierarchy"].values():
+        assert "error" not in h, h
+        assert h["levels"] == 7 and h["command_max_rss_mb"]["median"] > 0
+    assert res["data"]["by_workers"]["0"]["images_per_s"]["median"] > 0
+    assert "| adapter |" in proc.stdout  # the Markdown table
+
+
+def test_flops_match_the_analytic_count_for_a_vit_block():
+    """The FLOP counter sees attention (math SDPA backend): a ViT's forward FLOPs equal the closed form."""
+    sys.path.insert(0, str(REPO))
+    import torch
+    from open_clip.transformer import VisionTransformer
+
+    from benchmarks.train_bench import count_flops
+
+    width, layers, patch, size, heads = 64, 2, 8, 32, 4
+    vit = VisionTransformer(image_size=size, patch_size=patch, width=width, layers=layers, heads=heads,
+                            mlp_ratio=4.0, output_dim=16, block_type="custom").eval()
+    n = (size // patch) ** 2 + 1
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        got = count_flops(lambda: vit(x))
+    patch_embed = 2 * (size // patch) ** 2 * width * 3 * patch * patch
+    per_block = 2 * n * width * 3 * width + 2 * 2 * n * n * width + 2 * n * width * width + 2 * 2 * n * width * 4 * width
+    proj = 2 * width * 16
+    assert got == patch_embed + layers * per_block + proj
