@@ -38,7 +38,7 @@ if str(REPO) not in sys.path:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PEFT_METHODS = ["adapter", "lift", "lora", "vpt-shallow", "vpt-deep", "none"]
+PEFT_METHODS = ["adapter", "lora", "lift", "vpt-shallow", "vpt-deep", "none"]
 RESULT_TAG = "BENCH_RESULT "
 README = REPO / "benchmarks" / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -71,8 +71,8 @@ def plan(args) -> dict:
     return {"mode": "full", "model": "ViT-B-16", "batch": args.batch or 32, "classes": 1000,
             "methods": args.methods or PEFT_METHODS, "precisions": precisions, "auto_precision": auto,
             "naive": True, "warmup": 1, "repeats": args.repeats or 3, "peak_n": 4096,
-            "eval": {"batch": 64, "precisions": precisions}, "hierarchy_sizes": [1000, 8142], "hierarchy_repeats": 3,
-            "text_prompts": 100, "data": {"images": 192, "workers": [0, 2], "epochs": 2}, "predict_images": 64,
+            "eval": {"batch": 32, "precisions": precisions}, "hierarchy_sizes": [1000, 8142], "hierarchy_repeats": 3,
+            "text_prompts": 100, "data": {"images": 192, "workers": [0, 2], "epochs": 2}, "predict_images": 32,
             "inprocess": False}
 
 
@@ -316,11 +316,19 @@ def main(argv=None) -> int:
     base = {"device": args.device, "model": p["model"], "batch": p["batch"], "classes": p["classes"],
             "warmup": p["warmup"], "repeats": p["repeats"]}
     results["train"] = []
+    out = args.out
+    if out is None and p["mode"] == "full":
+        out = str(REPO / "benchmarks" / "results" / f"{device.type}.json")
+    partial = f"{out}.partial" if out and p["mode"] == "full" else None
+    if partial:
+        Path(partial).parent.mkdir(parents=True, exist_ok=True)
     for m in p["methods"]:
         for i, prec in enumerate(p["precisions"]):
             case = {**base, "kind": "train", "peft": m, "precision": prec, "naive": p["naive"] and i == 0}
             r = run_case(case, p["inprocess"])
             results["train"].append(r)
+            if partial:  # what is measured survives an interrupted long run
+                Path(partial).write_text(json.dumps(results, indent=1) + "\n")
             msg = f"train {m:12s} {prec}: {r['hgltr']['images_per_s']['median']:.2f} img/s"
             if "naive" in r:
                 msg += f"  (naive fp32 {r['naive']['images_per_s']['median']:.2f} img/s)"
@@ -366,12 +374,11 @@ def main(argv=None) -> int:
     results["seconds"] = time.perf_counter() - t_start
     results["summary"] = summarise(results)
 
-    out = args.out
-    if out is None and p["mode"] == "full":
-        out = str(REPO / "benchmarks" / "results" / f"{device.type}.json")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results, indent=1) + "\n")
+        if partial and Path(partial).exists():
+            Path(partial).unlink()
     if p["mode"] == "quick":
         print(json.dumps(quick_line(results)), flush=True)
     else:
