@@ -78,7 +78,13 @@ def run_train(cfg, output: str | None, *, resume: bool = False, plugins=None, co
         fingerprint = backbone_fingerprint(parts.model)
         loaded = None
         if resume and run.has_checkpoint():
-            loaded = ckpt.load_checkpoint(run.checkpoints, "last", device="cpu")
+            loaded, damaged = ckpt.load_latest_good(run.checkpoints, device="cpu")
+            if damaged and ctx.is_main and console is not None:
+                for line in damaged:
+                    console.print(f"warning: skipping a damaged checkpoint: {line}", markup=False, soft_wrap=True)
+                console.print(f"resuming from the previous good checkpoint {loaded['dir'].name} "
+                              f"(epoch {loaded['state']['epoch']}, step {loaded['state']['step']}).",
+                              markup=False, soft_wrap=True)
             env = run.read_env()
             if env.get("backbone_sha256") and env["backbone_sha256"] != fingerprint:
                 raise HgltrError(f"the backbone rebuilt for {str(run.path)!r} differs from the one it trained with.",
