@@ -149,7 +149,8 @@ def summarise(results: dict) -> dict:
         row = {}
         for p, case in by_p.items():
             ips = case["hgltr"]["images_per_s"]["median"]
-            entry = {"images_per_s": case["hgltr"]["images_per_s"], "peak_memory_mb": case["hgltr"]["memory"]["peak_mb"]}
+            entry = {"batch": case["batch"], "images_per_s": case["hgltr"]["images_per_s"],
+                     "peak_memory_mb": case["hgltr"]["memory"]["peak_mb"]}
             if m in naive:
                 entry["speedup_vs_naive"] = round(ips / naive[m]["images_per_s"]["median"], 3)
             if "flops" in case and p in peaks:
@@ -158,7 +159,7 @@ def summarise(results: dict) -> dict:
                 entry["mfu"] = round(case["flops"]["per_step"] * ips / case["batch"] / peak, 6)
             row[p] = entry
         if m in naive:
-            row["naive_fp32"] = {"images_per_s": naive[m]["images_per_s"],
+            row["naive_fp32"] = {"batch": next(iter(by_p.values()))["batch"], "images_per_s": naive[m]["images_per_s"],
                                  "peak_memory_mb": naive[m]["memory"]["peak_mb"],
                                  "loss_abs_diff_vs_hgltr_fp32": naive[m]["loss_abs_diff_vs_hgltr_fp32"]}
             if "fp32" in peaks and "flops" in next(iter(by_p.values())):
@@ -206,20 +207,20 @@ def markdown(results: dict) -> str:
              "Matmul peak (n=%d): " % plan_["peak_n"] + ", ".join(
                  f"{p} {v['gflops']['median']:.0f} GFLOP/s ({v['gflops']['min']:.0f}-{v['gflops']['max']:.0f})"
                  for p, v in peaks.items()) + ".", "",
-             f"Training step, {plan_['model']} random init, batch {plan_['batch']}, {plan_['classes']} classes, "
+             f"Training step, {plan_['model']} random init, {plan_['classes']} classes, "
              "images/s median (min-max):", "",
-             "| PEFT | precision | images/s | speedup vs naive | MFU | GFLOP/image | peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+             "| PEFT | batch | precision | images/s | speedup vs naive | MFU | GFLOP/image | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
     for m, row in s["train"].items():
         for p in plan_["precisions"]:
             if p not in row:
                 continue
             e = row[p]
-            lines.append(f"| {m} | {p} | {_ips(e['images_per_s'])} | {_f(e.get('speedup_vs_naive'))} | "
+            lines.append(f"| {m} | {e['batch']} | {p} | {_ips(e['images_per_s'])} | {_f(e.get('speedup_vs_naive'))} | "
                          f"{_f(e.get('mfu'), 3)} | {_f(e.get('gflop_per_image'), 1)} | {e['peak_memory_mb']:.0f} |")
         if "naive_fp32" in row:
             e = row["naive_fp32"]
-            lines.append(f"| {m} | naive fp32 | {_ips(e['images_per_s'])} | 1.00 | {_f(e.get('mfu'), 3)} | | "
+            lines.append(f"| {m} | {e['batch']} | naive fp32 | {_ips(e['images_per_s'])} | 1.00 | {_f(e.get('mfu'), 3)} | | "
                          f"{e['peak_memory_mb']:.0f} |")
     if results.get("compiled"):
         c = results["compiled"]
@@ -286,6 +287,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", default=None, help="JSON file to write (full run default: benchmarks/results/<device>.json)")
     ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--batch-others", type=int, default=None,
+                    help="batch of the methods after the default one (default: --batch); a slow machine's time saver")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--compile", action="store_true",
@@ -322,17 +325,25 @@ def main(argv=None) -> int:
     partial = f"{out}.partial" if out and p["mode"] == "full" else None
     if partial:
         Path(partial).parent.mkdir(parents=True, exist_ok=True)
-    for m in p["methods"]:
+    def save_partial():
+        if partial:  # what is measured survives an interrupted long run
+            Path(partial).write_text(json.dumps(results, indent=1) + "\n")
+
+    def train_method(m):
+        batch = p["batch"] if m == p["methods"][0] else (args.batch_others or p["batch"])
         for i, prec in enumerate(p["precisions"]):
-            case = {**base, "kind": "train", "peft": m, "precision": prec, "naive": p["naive"] and i == 0}
+            case = {**base, "batch": batch, "kind": "train", "peft": m, "precision": prec,
+                    "naive": p["naive"] and i == 0}
             r = run_case(case, p["inprocess"])
             results["train"].append(r)
-            if partial:  # what is measured survives an interrupted long run
-                Path(partial).write_text(json.dumps(results, indent=1) + "\n")
-            msg = f"train {m:12s} {prec}: {r['hgltr']['images_per_s']['median']:.2f} img/s"
+            save_partial()
+            msg = f"train {m:12s} {prec} batch {batch}: {r['hgltr']['images_per_s']['median']:.2f} img/s"
             if "naive" in r:
                 msg += f"  (naive fp32 {r['naive']['images_per_s']['median']:.2f} img/s)"
             log(msg)
+
+    # the default method first, then the other sections, then the other methods
+    train_method(p["methods"][0])
     if args.compile:
         prec = p["auto_precision"]
         r = run_case({**base, "kind": "train", "peft": "adapter", "precision": prec, "naive": False,
@@ -368,6 +379,9 @@ def main(argv=None) -> int:
                                          epochs=p["data"]["epochs"])
         log("data: " + ", ".join(f"{w} workers {v['images_per_s']['median']:.1f} img/s"
                                  for w, v in results["data"]["by_workers"].items()))
+    save_partial()
+    for m in p["methods"][1:]:
+        train_method(m)
     peaks_end = measure_peaks(device, p["precisions"], p["peak_n"], log)
     results["matmul_peak"] = _merge_peaks(peaks_start, peaks_end)
     results["load_average_end"] = load_average()
