@@ -83,9 +83,29 @@ class RunDir:
 
     def log(self, record: dict) -> None:
         """Append one JSON line to metrics.jsonl (flushed, so a crash loses at most that line)."""
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
-            f.flush()
+        line = json.dumps(record, allow_nan=False, default=_json_default) + "\n"
+        try:
+            with open(self.metrics, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+        except OSError as exc:  # a full disk mid-run: a clean stop; the checkpoints on disk stay valid
+            raise self._write_error(exc, self.metrics) from None
+
+    def _write_error(self, exc: OSError, path: Path) -> HgltrError:
+        import errno
+
+        last = None
+        try:
+            last = json.loads((self.checkpoints / "index.json").read_text(encoding="utf-8")).get("last")
+        except (OSError, ValueError):
+            pass
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        what = "the disk is full" if full else (exc.strerror or str(exc))
+        kept = f" The last checkpoint {last!r} is intact." if last else " No checkpoint was written yet."
+        return HgltrError(f"could not write {str(path)!r}: {what}.{kept}",
+                          (f"Free some space, then continue with: hgltr train --resume {self.path}" if last else
+                           "Free some space and start the run again.") if full
+                          else "Check the output directory's permissions and space.")
 
     def trim_metrics(self, up_to_step: int) -> None:
         """Drop records logged after `up_to_step` (a resumed run re-logs them from the checkpoint)."""

@@ -94,6 +94,11 @@ def disk_error(exc: OSError, where: Path, previous: str | None) -> HgltrError:
                       if full else "Check the output directory's permissions and space.")
 
 
+def _is_disk_full(exc: BaseException) -> bool:
+    text = str(exc)
+    return "os error 28" in text or "No space left on device" in text or "os error 122" in text
+
+
 # ---------------------------------------------------------------- tensors <-> JSON-safe state
 
 def _split_optimizer_state(sd: dict) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -241,6 +246,10 @@ def save_checkpoint(ckpt_root: str | Path, name: str, *, model_sd: dict[str, tor
         atomic_write_json(ckpt_root / INDEX, new)
     except OSError as exc:
         raise disk_error(exc, ckpt_root / name, index.get("last")) from None
+    except Exception as exc:  # safetensors reports a full disk as SafetensorError("... os error 28")
+        if not _is_disk_full(exc):
+            raise
+        raise disk_error(OSError(errno.ENOSPC, str(exc)), ckpt_root / name, index.get("last")) from None
     for child in ckpt_root.iterdir():  # prune checkpoints no longer named by the index
         if child.is_dir() and child.name not in keep_names and not child.name.startswith(".tmp-"):
             shutil.rmtree(child, ignore_errors=True)
