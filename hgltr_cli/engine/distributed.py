@@ -49,7 +49,12 @@ class DistContext:
         return box[0]
 
     def close(self) -> None:
+        """Leave the group together: a rank tearing down while a peer still talks aborts the peer."""
         if self.initialized_here and dist.is_initialized():
+            try:
+                dist.barrier()
+            except Exception:  # noqa: BLE001 - a peer already gone: nothing left to wait for
+                pass
             dist.destroy_process_group()
 
 

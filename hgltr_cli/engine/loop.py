@@ -163,6 +163,14 @@ class Trainer:
         self.last_val: dict | None = None
         self.last_terms: dict | None = None
 
+    def close(self) -> None:
+        """Release the DDP wrapper before the process group goes (gloo aborts if it outlives it)."""
+        if self.ctx.enabled and self.step_module is not None:
+            import gc
+
+            self.step_module = None
+            gc.collect()
+
     # ------------------------------------------------------------------ state
     def trainer_state(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "steps_in_epoch": self.steps_in_epoch,

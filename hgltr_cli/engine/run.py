@@ -69,6 +69,7 @@ def run_train(cfg, output: str | None, *, resume: bool = False, plugins=None, co
         raise HgltrError("no run directory given.", "Pass --output RUN_DIR (or --set train.output=RUN_DIR).")
     kind = "cuda" if (cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())) else "cpu"
     ctx = init_distributed(kind)
+    trainer = None
     try:
         device = resolve_device(cfg.train.device, ctx.local_rank)
         precision = resolve_precision(cfg.train.precision, device)
@@ -124,4 +125,6 @@ def run_train(cfg, output: str | None, *, resume: bool = False, plugins=None, co
             run.log(done)
         return {"run_dir": str(run.path), "is_main": ctx.is_main, **result, "bad_images": report.lines() if report else []}
     finally:
+        if trainer is not None:
+            trainer.close()
         ctx.close()

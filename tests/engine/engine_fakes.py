@@ -111,10 +111,13 @@ def ddp_worker(rank: int, world: int, port: int, out_path: str, cfg_kwargs: dict
     from hgltr_cli.engine.loop import Trainer
 
     ctx = init_distributed("cpu")
+    tr = None
     try:
         tr = Trainer(make_cfg(**cfg_kwargs), make_parts(val=True), ctx=ctx, device="cpu", progress=False)
         res = tr.fit()
         if rank == 0:
             torch.save({"sd": tr.model.learnable_state_dict(), "val": res["last_val"]}, out_path)
     finally:
+        if tr is not None:
+            tr.close()
         ctx.close()

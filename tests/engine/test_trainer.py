@@ -344,3 +344,33 @@ def test_next_write_removes_leftovers_of_a_killed_write(tmp_path):
     (root / ".index.json.tmp-99999").write_text("{")
     tr.fit()
     assert sorted(p.name for p in root.iterdir()) == ["epoch-0001", "index.json"]
+
+
+def test_index_cannot_name_a_folder_outside_the_run(tmp_path):
+    tr = trainer(tmp_path, epochs=1)
+    tr.fit()
+    root = tmp_path / "checkpoints"
+    idx = json.loads((root / "index.json").read_text())
+    idx["entries"]["../../x"] = idx["entries"][idx["last"]]
+    idx["last"] = "../../x"
+    (root / "index.json").write_text(json.dumps(idx))
+    with pytest.raises(ckpt.CheckpointError, match="index.json.*not a folder inside checkpoints"):
+        ckpt.load_checkpoint(root, "last")
+
+
+def test_non_safetensors_weights_are_refused_even_with_matching_checksums(tmp_path):
+    import hashlib
+
+    tr = trainer(tmp_path, epochs=1)
+    tr.fit()
+    d = tmp_path / "checkpoints" / "epoch-0001"
+    (d / ckpt.MODEL_FILE).write_bytes(b"\x80\x04not a safetensors file")  # a forged file, checksums re-sealed
+    state = json.loads((d / ckpt.STATE_FILE).read_text())
+    state["files"][ckpt.MODEL_FILE] = hashlib.sha256((d / ckpt.MODEL_FILE).read_bytes()).hexdigest()
+    raw = json.dumps(state).encode()
+    (d / ckpt.STATE_FILE).write_bytes(raw)
+    idx = json.loads((tmp_path / "checkpoints" / "index.json").read_text())
+    idx["entries"]["epoch-0001"]["state_sha256"] = hashlib.sha256(raw).hexdigest()
+    (tmp_path / "checkpoints" / "index.json").write_text(json.dumps(idx))
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors.*not a valid safetensors file"):
+        ckpt.load_checkpoint(tmp_path / "checkpoints", "last")
