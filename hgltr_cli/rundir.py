@@ -107,21 +107,41 @@ class RunDir:
                            "Free some space and start the run again.") if full
                           else "Check the output directory's permissions and space.")
 
-    def trim_metrics(self, up_to_step: int) -> None:
-        """Drop records logged after `up_to_step` (a resumed run re-logs them from the checkpoint)."""
+    def trim_metrics(self, up_to_step: int, completed_epochs: int | None = None) -> None:
+        """Drop records the checkpoint being resumed does not cover (the resumed run logs them again).
+
+        That is every record after `up_to_step`, and the end-of-epoch records (val/epoch/done) of
+        epochs the checkpoint had not completed: a stop on an epoch's last step checkpoints *before*
+        that epoch's validation, at the same step. `completed_epochs` (the checkpoint's `epoch`) is
+        read from the index's `last` entry when not given.
+        """
         if not self.metrics.is_file():
             return
+        if completed_epochs is None:
+            completed_epochs = self._completed_epochs_at(up_to_step)
         kept = []
         for line in self.metrics.read_text(encoding="utf-8").splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:  # a line cut by kill -9
                 continue
-            if int(rec.get("step", 0)) <= up_to_step:
-                kept.append(line)
+            if int(rec.get("step", 0)) > up_to_step:
+                continue
+            if (completed_epochs is not None and rec.get("event") in ("val", "epoch", "done")
+                    and int(rec.get("epoch", 0)) > completed_epochs):
+                continue
+            kept.append(line)
         from hgltr_cli.engine.checkpoint import atomic_write_bytes
 
         atomic_write_bytes(self.metrics, ("\n".join(kept) + "\n" if kept else "").encode("utf-8"))
+
+    def _completed_epochs_at(self, step: int) -> int | None:
+        try:
+            index = json.loads((self.checkpoints / "index.json").read_text(encoding="utf-8"))
+            entry = index["entries"][index["last"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return int(entry["epoch"]) if entry.get("step") == step and entry.get("epoch") is not None else None
 
     # -------------------------------------------------------------- reading
     def read_metrics(self) -> list[dict]:

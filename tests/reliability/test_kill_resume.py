@@ -211,3 +211,62 @@ def test_random_kills_resume_to_the_uninterrupted_result(suite_data, reference_r
         leftovers = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
         assert not leftovers, f"temporary files left in checkpoints/ after the run finished: {leftovers}\n" + "\n".join(history)
     print("\n".join(history))
+
+
+def test_crash_between_validation_and_its_checkpoint_after_an_end_of_epoch_stop(suite_data, reference_run, tmp_path,
+                                                                                  monkeypatch):
+    """SIGINT on the last step of epoch 1 (step-* checkpoint taken before validation), then a crash after the
+    resumed run logged epoch 1's validation but before epoch-0001 was written, then a resume: epoch 1's
+    validation must be logged once, and the run must still equal the uninterrupted one."""
+    import os as _os
+
+    from typer.testing import CliRunner
+
+    from hgltr_cli.cli import build_app
+    from hgltr_cli.engine.loop import Trainer
+    from hgltr_cli.plugins import set_plugins
+
+    def invoke(argv):
+        set_plugins(None)
+        try:
+            return CliRunner().invoke(build_app(), [str(a) for a in argv])
+        finally:
+            set_plugins(None)
+
+    run = tmp_path / "run"
+    real_micro, real_save = Trainer._micro_loss, Trainer.save
+
+    def signal_on_last_step_of_epoch_1(self, *a, **k):
+        if self.epoch == 0 and self.steps_in_epoch == self.steps_per_epoch - 1:
+            _os.kill(_os.getpid(), signal.SIGINT)
+        return real_micro(self, *a, **k)
+
+    def crash_before_epoch_checkpoint(self, name, *a, **k):
+        if name.startswith("epoch-"):
+            raise RuntimeError("simulated kill -9 between validation and its checkpoint")
+        return real_save(self, name, *a, **k)
+
+    ok = False
+    try:
+        monkeypatch.setattr(Trainer, "_micro_loss", signal_on_last_step_of_epoch_1)
+        res = invoke(train_args(suite_data / "data", suite_data / "hier.json", run))
+        assert res.exit_code == 130, res.output
+        assert index_of(run)["last"].startswith("step-")
+        monkeypatch.setattr(Trainer, "_micro_loss", real_micro)
+        monkeypatch.setattr(Trainer, "save", crash_before_epoch_checkpoint)
+        res = invoke(["train", "--resume", run, "--no-progress"])
+        assert res.exit_code != 0
+        vals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in vals if r["event"] == "val"] == [1], "the crash came after validation"
+        monkeypatch.setattr(Trainer, "save", real_save)
+        res = invoke(["train", "--resume", run, "--no-progress"])
+        assert res.exit_code == 0, res.output
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in recs if r["event"] == "val"] == [1, 2, 3, 4, 5], "validation logged twice"
+        problems = compare_to_reference(run, reference_run)
+        assert not problems, problems
+        ok = True
+    finally:
+        TALLY.fault(ok, "SIGINT at an epoch's last step, then a crash between validation and its checkpoint")
+        if not ok:
+            TALLY.lost("metrics after a stop at an epoch's last step")
