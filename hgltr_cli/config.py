@@ -227,10 +227,15 @@ class ResolvedConfig:
 def resolve(schema_cls: type, layers: list[dict], plugins=None) -> ResolvedConfig:
     """Merge `layers` over the schema's defaults and validate every key."""
     defaults = dataclasses.asdict(schema_cls())
+    section_names = {f.name for f in dataclasses.fields(schema_cls)}
     merged: dict = {}
     for layer in layers:
         if not isinstance(layer, dict):
             raise ConfigError(f"a config layer must be a mapping of sections, got {layer!r}.")
+        for key, value in layer.items():  # a scalar where a section belongs would break the merge
+            if key in section_names and value is not None and not isinstance(value, dict):
+                raise ConfigError(f"config section {key!r} must be a mapping, got {value!r}.",
+                                  f"Write it as `{key}:` followed by indented `key: value` lines.")
         merged = deep_merge(merged, layer)
     section_types = _field_types(schema_cls)
     unknown = [k for k in merged if k not in section_types]
@@ -241,9 +246,13 @@ def resolve(schema_cls: type, layers: list[dict], plugins=None) -> ResolvedConfi
     sections: dict[str, Any] = {}
     options: dict[str, Any] = {}
     for name, sec_cls in section_types.items():
-        data = deep_merge(defaults.get(name, {}) or {}, merged.get(name, {}) or {})
-        if not isinstance(merged.get(name, {}) or {}, dict):
-            raise ConfigError(f"config section {name!r} must be a mapping, got {merged[name]!r}.")
+        given = merged.get(name, {})
+        if given is None:  # an empty section in YAML ("train:") means "all defaults"
+            given = {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"config section {name!r} must be a mapping, got {given!r}.",
+                              f"Write it as `{name}:` followed by indented `key: value` lines.")
+        data = deep_merge(defaults.get(name, {}) or {}, given)
         kind = getattr(sec_cls, "COMPONENT_KIND", None)
         if kind is None:
             sections[name] = build_dataclass(sec_cls, data, name)

@@ -6,6 +6,7 @@ import sys
 from typing import Callable, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 
 from hgltr_cli.errors import HgltrError
 
@@ -16,9 +17,10 @@ F = TypeVar("F", bound=Callable)
 
 
 def print_error(exc: HgltrError) -> None:
-    err.print(f"[bold red]Error:[/] {exc.message}", markup=True, soft_wrap=True, highlight=False)
+    """Print an error; user text (paths, class names) is escaped so '[' never reads as markup."""
+    err.print(f"[bold red]Error:[/] {escape(exc.message)}", soft_wrap=True)
     if exc.hint:
-        err.print(f"[yellow]Hint:[/] {exc.hint}", soft_wrap=True)
+        err.print(f"[yellow]Hint:[/] {escape(exc.hint)}", soft_wrap=True)
 
 
 def user_errors(fn: F) -> F:

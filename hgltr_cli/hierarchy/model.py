@@ -406,7 +406,11 @@ def load_hierarchy(path: str | Path) -> Hierarchy:
     if not p.is_file():
         raise HgltrError(f"hierarchy file {str(p)!r} does not exist.",
                          "Build one with `hgltr build-hierarchy`, or use a shipped one in taxonomies/.")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HgltrError(f"hierarchy file {str(p)!r} is not a UTF-8 text file.",
+                         "Pass the JSON or YAML file written by `hgltr build-hierarchy`.") from None
     if not text.strip():
         raise HgltrError(f"hierarchy file {str(p)!r} is empty.")
     try:
