@@ -81,13 +81,14 @@ def test_default_is_independent_of_pythonhashseed(tmp_path):
     wnids = timm_info.read_text().split()[::10]  # 100 classes, many with several hypernym paths
     code = ("import sys; from hgltr_plugins.hierarchies.wordnet import build; "
             "h = build(None, sys.argv[1].split(',')); print(h.content_hash)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, ",".join(wnids)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONHASHSEED=seed), cwd=REPO)
+             for seed in ("0", "1", "12345")]  # concurrently: each start-up loads WordNet
     hashes = set()
-    for seed in ("0", "1", "12345"):
-        env = dict(os.environ, PYTHONHASHSEED=seed)
-        res = subprocess.run([sys.executable, "-c", code, ",".join(wnids)], capture_output=True, text=True, env=env,
-                             cwd=REPO, timeout=300)
-        assert res.returncode == 0, res.stderr
-        hashes.add(res.stdout.strip())
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        hashes.add(out.strip())
     assert len(hashes) == 1
 
 
