@@ -222,3 +222,27 @@ def test_dry_run_json(dataset):
     plan = json.loads(res.output[res.output.index("{"):])
     assert plan["model"]["classes"] == len(COUNTS) and plan["model"]["learnable_params"]["total"] > 0
     assert plan["train"]["precision"] == "fp32" and plan["train"]["global_batch"] == 32
+
+
+def test_torchrun_two_process_gloo_matches_one_process(dataset, tmp_path, one_thread):
+    """The same command under torchrun: DDP on gloo, rank 0 alone writes, weights match one process."""
+    extra = ["--set", "train.precision=fp32"]
+    single = tmp_path / "single"
+    assert invoke(args(dataset, single, 2, *extra)).exit_code == 0
+    ddp = tmp_path / "ddp"
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    res = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "hgltr_cli",
+                          *args(dataset, ddp, 2, *extra)], env=one_thread, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stderr.count("done: ") == 1  # messages from rank 0 only
+    env = json.loads((ddp / "env.json").read_text())
+    assert env["world_size"] == 2
+    recs = [json.loads(line) for line in (ddp / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs if r["event"] == "val"] == [1, 2]  # one writer
+    a, b = final_weights(single), final_weights(ddp)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    ref_val = [r["val_top1"] for r in (json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines())
+               if r["event"] == "val"]
+    assert [r["val_top1"] for r in recs if r["event"] == "val"] == ref_val

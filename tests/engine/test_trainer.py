@@ -224,7 +224,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("accum", [1])
+@pytest.mark.parametrize("accum", [2])  # accumulation under DDP (no_sync); torchrun covers accum 1
 def test_two_process_gloo_ddp_matches_one_process(tmp_path, reference, accum):
     import torch.multiprocessing as mp
 
