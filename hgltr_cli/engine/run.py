@@ -74,7 +74,8 @@ def run_train(cfg, output: str | None, *, resume: bool = False, plugins=None, co
         device = resolve_device(cfg.train.device, ctx.local_rank)
         precision = resolve_precision(cfg.train.precision, device)
         run = RunDir(output)
-        hierarchy = run.load_hierarchy() if resume else None
+        # a run killed before its hierarchy.json was written falls back to the configured file
+        hierarchy = run.load_hierarchy() if resume and run.hierarchy.is_file() else None
         parts, hierarchy, source = build_parts(cfg, plugins=plugins, hierarchy=hierarchy)
         fingerprint = backbone_fingerprint(parts.model)
         loaded = None
@@ -94,10 +95,20 @@ def run_train(cfg, output: str | None, *, resume: bool = False, plugins=None, co
             if not resume:
                 run.create()
                 run.write_config(cfg)
+            if not run.hierarchy.is_file():
                 run.write_hierarchy(hierarchy)
+            try:
+                previous = run.read_env() if resume else {}
+            except ValueError:  # a damaged env.json is rewritten
+                previous = {}
+            history = list(previous.get("previous_launches", []))
+            if resume:  # env.json describes this launch; earlier launches are listed
+                history.append({"created": previous.get("created"), "command": previous.get("command"),
+                                "world_size": previous.get("world_size"), "device": previous.get("device")})
             run.write_env(environment(cfg.train.seed, device=str(device), precision=precision,
                                       world_size=ctx.world_size, plugins=plugins,
                                       extra={"backbone_sha256": fingerprint, "dataset": source.summary(cfg.dataset),
+                                             **({"previous_launches": history} if history else {}),
                                              "class_names": source.class_names}))
             run.trim_metrics(loaded["state"]["step"] if loaded else 0)
         ctx.barrier()

@@ -153,6 +153,8 @@ def test_resume_after_epoch_one_equals_uninterrupted(reference_run, dataset, tmp
     assert same(final_weights(out), final_weights(reference_run[0]))
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in recs if r["event"] == "val"] == [1, 2]  # nothing logged twice
+    env = json.loads((out / "env.json").read_text())
+    assert len(env["previous_launches"]) == 1 and env["seed"] == 0
 
 
 def test_resume_refuses_other_flags(tmp_path, reference_run):
