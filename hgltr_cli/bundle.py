@@ -19,7 +19,6 @@ the image tower and h_m.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from hgltr_cli.errors import HgltrError
+from hgltr_cli.hashing import sha256_file
 
 BUNDLE_FORMAT = "hgltr-bundle"
 BUNDLE_VERSION = 1
@@ -92,12 +92,6 @@ def inference_model(model) -> InferenceModel:
 
 # ----------------------------------------------------------------------------- files and checksums
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def safe_join(folder: str | Path, name: str) -> Path:

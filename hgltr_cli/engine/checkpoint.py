@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from hgltr_cli.errors import HgltrError
+from hgltr_cli.hashing import sha256_file
 
 INDEX = "index.json"
 MODEL_FILE = "model.safetensors"
@@ -39,12 +40,6 @@ class CheckpointError(HgltrError):
     """A checkpoint that is missing, incomplete or fails its checksum."""
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -25,35 +25,10 @@ from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
+from hgltr_cli.data.source import class_groups  # one grouping rule for training and eval
+
 GROUPS = ("many", "medium", "few")
 DEFAULT_BINS = 15
-
-
-# ---------------------------------------------------------------- groups
-
-def class_groups(
-    counts: Sequence[int] | torch.Tensor,
-    many_above: int = 100,
-    few_below: int = 20,
-    few_inclusive: bool = False,
-) -> list[str]:
-    """Many/medium/few group of each class from its training count (OLTR/LIFT split).
-
-    many: N_k > many_above; few: N_k < few_below (N_k <= few_below with few_inclusive,
-    the authors' code); medium otherwise.
-    """
-    if isinstance(counts, torch.Tensor):
-        counts = counts.tolist()
-    groups = []
-    for n in counts:
-        n = int(n)
-        if n > many_above:
-            groups.append("many")
-        elif n < few_below or (few_inclusive and n == few_below):
-            groups.append("few")
-        else:
-            groups.append("medium")
-    return groups
 
 
 # ---------------------------------------------------------------- helpers

@@ -21,7 +21,6 @@ the factory loaded itself (hgltr then only freezes it). Optional registration ex
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 import json
 import os
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from hgltr_cli.errors import HgltrError, did_you_mean
+from hgltr_cli.hashing import sha256_file
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -83,11 +83,7 @@ def file_sha256(path: str | Path) -> str:
         memo = {}
     if key in memo:
         return memo[key]
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = sha256_file(p)
     try:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
         memo[key] = digest

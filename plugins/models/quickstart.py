@@ -37,6 +37,7 @@ from typing import Any
 
 from hgltr_cli import hookimpl
 from hgltr_cli.errors import HgltrError
+from hgltr_cli.hashing import sha256_file
 
 MODEL_NAME = "quickstart-effnet-minilm"
 TIMM_MODEL_NAME = "tf_efficientnet_lite0"
@@ -105,11 +106,7 @@ def minilm_dir() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def weights_id(pretrained: str = DEFAULT_PRETRAINED, embed_dim: int = EMBED_DIM,
