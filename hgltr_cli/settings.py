@@ -6,7 +6,7 @@ these keys. Sections with COMPONENT_KIND also take the selected plugin's own opt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Literal, Optional, Union
 
 
 @dataclass
@@ -84,11 +84,17 @@ class TrainSection:
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = "auto"
-    compile: bool = False
+    compile: bool = False  # nn.Module.compile() on the image trunk, in place (checkpoint keys unchanged)
+    # image-feature cache for a frozen image encoder (--peft none): auto = on when possible (one
+    # process, no bad image skipped in epoch 1), on = error when the encoder trains, off = never.
+    # true/false (YAML reads a bare on/off as booleans) mean on/off.
+    feature_cache: Union[Literal["auto", "on", "off"], bool] = "auto"
     output: Optional[str] = None
     log_every: int = 10  # optimizer steps between metrics.jsonl lines (the only host syncs)
 
     def validate(self) -> None:
+        if isinstance(self.feature_cache, bool):  # --set train.feature_cache=on arrives as True
+            self.feature_cache = "on" if self.feature_cache else "off"
         if self.epochs < 1:
             raise ValueError("epochs must be >= 1")
         if self.batch_size < 1:

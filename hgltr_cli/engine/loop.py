@@ -5,6 +5,11 @@ L = L_cls + alpha * L_mse + beta * L_dis is scaled so that summing over accumula
 and DDP's averaging over ranks gives exactly the global-batch loss; then one optimizer and
 one scheduler step. Loss terms stay on the device and are read (one host sync) only at log
 intervals and epoch ends, where NaN/Inf, stop requests and progress are handled too.
+
+With a frozen image encoder (`--peft none`) and `train.feature_cache` auto/on, epoch 1 also stores
+each sample's z_i (engine/feature_cache.py); later epochs read z from that cache and run only the
+classifier, h_t and the losses. `train.compile` compiles the image trunk in place (state-dict keys
+unchanged) before any DDP wrapping.
 """
 from __future__ import annotations
 
@@ -15,10 +20,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from hgltr_cli.engine import checkpoint as ckpt
+from hgltr_cli.engine import feature_cache as fcache
 from hgltr_cli.engine.distributed import DistContext
 from hgltr_cli.engine.hgltr_terms import dis_sums, mse_sums
 from hgltr_cli.engine.optim import CosineSchedule, build_optimizer
@@ -68,10 +75,35 @@ class _StepModule(nn.Module):
         self.model = model
         self.with_text = with_text
 
-    def forward(self, images):
-        logits, feats = self.model(images)
+    def forward(self, images, z=None):
+        """z given (the feature cache): the image encoder is skipped."""
+        logits, feats = fcache.cached_forward(self.model, z) if z is not None else self.model(images)
         text = self.model.aligned_text() if self.with_text else None
         return logits, feats, text
+
+
+def image_trunk(model: nn.Module) -> nn.Module:
+    """The module whose call runs the bulk of the image encoder (what `train.compile` compiles).
+
+    HGLTRModel.encode_image calls a ViT's `transformer` directly (not `visual(...)`), a timm model's
+    `trunk`, anything else `visual` itself; a model without a CLIP image encoder is returned whole."""
+    visual = getattr(getattr(model, "clip", None), "visual", None)
+    if visual is None:
+        return model
+    mode = getattr(model, "feature_mode", None)
+    if mode == "vit" and isinstance(getattr(visual, "transformer", None), nn.Module):
+        return visual.transformer
+    if mode == "timm-linear" and isinstance(getattr(visual, "trunk", None), nn.Module):
+        return visual.trunk
+    return visual
+
+
+def _cache_mode(value) -> str:
+    if value is True:
+        return "on"
+    if value is False or value is None:
+        return "off"
+    return str(value)
 
 
 class StopFlag:
@@ -120,10 +152,6 @@ class Trainer:
         self.console = console
         self.show_progress = progress and self.ctx.is_main
         t, h = cfg.train, cfg.hgltr
-        if getattr(t, "compile", False):
-            from hgltr_cli.errors import NotBuiltYet
-
-            raise NotBuiltYet("train.compile is not supported yet.", "Leave --set train.compile=false.")
         self.alpha, self.beta = float(h.alpha), float(h.beta)
         self.log_every = int(log_every or getattr(t, "log_every", 10) or 10)
         from hgltr_cli.engine.feed import Layout
@@ -136,6 +164,32 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * t.epochs
         model = parts.model.to(self.device)
         self.model = model
+        self.compiled: nn.Module | None = None
+        if getattr(t, "compile", False):  # in place: parameter names and state-dict keys stay the same
+            self.compiled = image_trunk(model)
+            self.compiled.compile()
+        self.notes: list[str] = []  # what the feature cache did (also printed on the console)
+        self.cache: fcache.FeatureCache | None = None
+        self._cache_plan: fcache.EpochOnePlan | None = None
+        self._cache_ready = False
+        mode = _cache_mode(getattr(t, "feature_cache", "auto"))
+        if mode not in ("auto", "on", "off"):
+            raise HgltrError(f"train.feature_cache must be auto, on or off, got {mode!r}.")
+        if mode != "off":
+            if not fcache.cacheable(model):
+                if mode == "on":
+                    peft = getattr(getattr(cfg, "peft", None), "name", None)
+                    raise HgltrError("train.feature_cache=on needs a frozen image encoder, but "
+                                     + (f"--peft {peft}" if peft else "this model") + " trains it.",
+                                     "Use --peft none (only h_t and the classifier learn), or "
+                                     "--set train.feature_cache=auto.")
+            elif self.ctx.enabled:
+                if mode == "on":
+                    raise HgltrError("train.feature_cache=on works in one process only.",
+                                     "Run without torchrun, or use --set train.feature_cache=auto "
+                                     "(off under DDP).")
+            else:
+                self.cache = fcache.FeatureCache.for_model(model, len(parts.train_split), self.device)
         self.S = parts.S.to(self.device, torch.float32)
         self.nontail = parts.nontail.to(self.device)
         self.optimizer = build_optimizer(model.parameters(), t)
@@ -177,7 +231,8 @@ class Trainer:
                 "steps_per_epoch": self.steps_per_epoch, "epochs": self.cfg.train.epochs,
                 "best_metric": self.best_metric, "best_epoch": self.best_epoch, "select_metric": "val_top1",
                 "scheduler": self.schedule.state_dict(), "world_size": self.ctx.world_size,
-                "global_batch": self.layout.global_batch, "seed": self.cfg.train.seed, "precision": self.precision}
+                "global_batch": self.layout.global_batch, "seed": self.cfg.train.seed, "precision": self.precision,
+                "feature_cache": self.cache is not None}
 
     def load(self, loaded: dict) -> None:
         """Continue from a checkpoint read by checkpoint.load_checkpoint (weights, optimizer, RNG, counters)."""
@@ -193,6 +248,11 @@ class Trainer:
         self.epoch, self.step = int(st["epoch"]), int(st["step"])
         self.steps_in_epoch = int(st.get("steps_in_epoch", 0))
         self.best_metric, self.best_epoch = st.get("best_metric"), st.get("best_epoch")
+        if st.get("feature_cache") is False and self.cache is not None:  # turned off earlier in this run
+            self._drop_cache("the run stopped using it before this checkpoint", say=False)
+        elif st.get("feature_cache") and self.cache is None and self.epoch >= 1:
+            self._note("note: the checkpoint was trained with the feature cache, which is off now: later "
+                       "epochs draw new augmentation views.")
         if self.steps_in_epoch and "rng" in st:
             ckpt.restore_rng(st["rng"], loaded.get("rng_tensors", {}))
 
@@ -217,12 +277,13 @@ class Trainer:
                             pin_memory=None, skip_bad_images=p.skip_bad_images,
                             report=p.bad_report)
 
-    def _micro_loss(self, images, targets, denom: torch.Tensor):
-        """Forward one micro-batch; returns (scaled total for backward, unscaled per-term values)."""
+    def _micro_loss(self, images, targets, denom: torch.Tensor, z: torch.Tensor | None = None):
+        """Forward one micro-batch (from z instead of images when z is given); returns (scaled total for
+        backward, unscaled per-term values)."""
         h, t = self.cfg.hgltr, self.cfg.train
         scale_ranks = float(self.ctx.world_size * self.layout.accum)  # undo DDP's mean and accumulation's sum
         with autocast(self.device, self.precision):
-            logits, feats, text = self.step_module(images)
+            logits, feats, text = (self.step_module(images) if z is None else self.step_module(images, z))
         logits = logits.float()
         l_cls = self.parts.loss_fn(logits, targets)
         zero = logits.new_zeros(())
@@ -262,16 +323,14 @@ class Trainer:
                 bad = torch.full((3,), -1, dtype=torch.long, device=self.device)  # first non-finite step per term
                 t0, seen0 = time.perf_counter(), self.step
                 micro = 0
-                for images, targets in self._loader(epoch, self.steps_in_epoch):
+                for images, targets, z in self._micro_batches(epoch, self.steps_in_epoch):
                     if self.steps_in_epoch >= self.steps_per_epoch:
                         break
-                    images = images.to(self.device, non_blocking=True)
-                    targets = targets.to(self.device, non_blocking=True)
                     last_micro = (micro + 1) % self.layout.accum == 0
                     sync_ctx = (self.step_module.no_sync() if self.ctx.enabled and not last_micro
                                 else contextlib.nullcontext())
                     with sync_ctx:
-                        loss, terms = self._micro_loss(images, targets, denoms[self.steps_in_epoch])
+                        loss, terms = self._micro_loss(images, targets, denoms[self.steps_in_epoch], z)
                         loss.backward()
                     finite = torch.isfinite(terms)
                     bad = torch.where((bad < 0) & ~finite, torch.full_like(bad, self.step + 1), bad)
@@ -294,12 +353,118 @@ class Trainer:
                         sums.zero_()
                         if bool(flag.item() > 0):
                             self._interrupt(stop.signame or "SIGTERM")
+                if self.cache is not None and epoch == 0 and epoch + 1 < t.epochs:
+                    self._complete_cache(from_disk=False)  # before the epoch-1 checkpoint names it
                 self.epoch, self.steps_in_epoch = epoch + 1, 0
                 self._end_epoch(epoch)
                 if self.epoch < t.epochs and self._agree(stop.set):  # signal during validation/saving
                     self._interrupt(stop.signame or "SIGTERM")
         return {"epochs": self.epoch, "step": self.step, "best_metric": self.best_metric,
                 "best_epoch": self.best_epoch, "last_val": self.last_val}
+
+    # ------------------------------------------------------------------ feeding, with the feature cache
+    def _micro_batches(self, epoch: int, skip_steps: int):
+        """(images, targets, z) per micro-batch on the device: z None (images through the trunk),
+        z from the cache with images None (epochs >= 2), or both (epoch 1, z just stored)."""
+        p, t = self.parts, self.cfg.train
+        start = skip_steps * self.layout.accum
+        if self.cache is not None and epoch >= 1:
+            if not self._cache_ready:
+                self._complete_cache(from_disk=True)
+            if self.cache is not None:
+                labels = torch.as_tensor(np.asarray(p.train_split.labels, dtype=np.int64))
+                for idx in fcache.epoch_index_batches(p.train_split, self.layout, self.ctx.rank, t.seed, epoch,
+                                                      t.sampler, start):
+                    targets = labels[torch.from_numpy(idx)].to(self.device, non_blocking=True)
+                    yield None, targets, self.cache.lookup(idx, self.device)
+                return
+        loader = self._loader(epoch, skip_steps)
+        filling = self.cache is not None and epoch == 0
+        if filling:
+            if self._cache_plan is None:
+                self._cache_plan = fcache.EpochOnePlan(p.train_split, self.layout, t.seed, t.sampler)
+            index_batches = fcache.epoch_index_batches(p.train_split, self.layout, self.ctx.rank, t.seed, epoch,
+                                                       t.sampler, start)
+            hits0 = getattr(loader.report, "hits", 0)
+        for k, (images, targets) in enumerate(loader):
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            z = None
+            if filling and self.cache is not None:
+                idx = next(index_batches, None)
+                if idx is None or len(idx) != images.shape[0] or getattr(loader.report, "hits", 0) != hits0:
+                    self._drop_cache("a bad image was skipped in epoch 1")
+                else:
+                    z = self._encode_store(images, idx, (start + k) * self.layout.micro)
+            yield images, targets, z
+
+    @torch.no_grad()
+    def _encode_store(self, images: torch.Tensor, idx: np.ndarray, pos: int) -> torch.Tensor:
+        """z of an epoch-1 micro-batch from the frozen trunk; stores each sample whose view this is."""
+        with autocast(self.device, self.precision):
+            z = self.model.encode_image(images)
+        keep = self._cache_plan.keep(idx, pos)
+        if keep.all():
+            self.cache.store(idx, z)
+        elif keep.any():
+            sel = np.flatnonzero(keep)
+            self.cache.store(idx[sel], z[torch.from_numpy(sel).to(z.device)])
+        return z
+
+    def _cache_dir(self):
+        return None if self.run is None else self.run.path / fcache.CACHE_DIR
+
+    def _cache_key(self) -> dict:
+        t = self.cfg.train
+        return fcache.cache_key(self.parts.train_split, self.layout, t.seed, t.sampler, self.precision,
+                                self.cache.dim)
+
+    def _complete_cache(self, from_disk: bool) -> None:
+        """Make the cache hold every sample: saved copy (resume), else encode what epoch 1 left out;
+        a newly completed cache is saved into RUN/cache/."""
+        self._cache_ready = False
+        if from_disk and self._cache_dir() is not None and not self.cache.complete():
+            loaded, why = fcache.load_cache(self._cache_dir(), self._cache_key(), self.device)
+            if loaded is not None:
+                self.cache, self._cache_ready = loaded, True
+                return
+            self._note(f"note: {why}; recomputing the image features of epoch 1's views "
+                       "(one pass of the image encoder over the training set).")
+        if not self.cache.complete():
+            p, t = self.parts, self.cfg.train
+            if self._cache_plan is None:
+                self._cache_plan = fcache.EpochOnePlan(p.train_split, self.layout, t.seed, t.sampler)
+            ok = fcache.fill_missing(self.cache, self.model, self._cache_plan, p.train_split, p.train_transform,
+                                     lambda: autocast(self.device, self.precision), self.device,
+                                     workers=self.cfg.dataset.workers, skip_bad_images=p.skip_bad_images,
+                                     report=p.bad_report)
+            if not ok:
+                self._drop_cache("a bad image was skipped while completing it")
+                return
+            self._save_cache()
+        self._cache_ready = True
+
+    def _save_cache(self) -> None:
+        directory = self._cache_dir()
+        if directory is None or not self.ctx.is_main:
+            return
+        try:
+            fcache.save_cache(self.cache, directory, self._cache_key())
+        except Exception as exc:  # noqa: BLE001 - a speed-up only: training goes on
+            self._note(f"warning: could not save the feature cache under {str(directory)!r} ({exc}); "
+                       "a resumed run recomputes it.")
+
+    def _drop_cache(self, why: str, say: bool = True) -> None:
+        mode = _cache_mode(getattr(self.cfg.train, "feature_cache", "auto"))
+        self.cache, self._cache_ready = None, False
+        if say:
+            self._note(f"{'warning' if mode == 'on' else 'note'}: feature cache off: {why}; every epoch runs "
+                       "the image encoder.")
+
+    def _note(self, msg: str) -> None:
+        self.notes.append(msg)
+        if self.console is not None and self.ctx.is_main:
+            self.console.print(msg, markup=False, soft_wrap=True)
 
     def _sync_log(self, sums, bad, flag, epoch, t0, seen0, progress, task) -> None:
         """The one host sync per log interval: reduce across ranks, check NaN/Inf, log, poll stop."""

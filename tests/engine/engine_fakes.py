@@ -49,6 +49,42 @@ class FakeModel(nn.Module):
                 p.copy_(sd[n])
 
 
+class FakeClipModel(nn.Module):
+    """Like HGLTRModel with `--peft none`: a frozen image encoder at `clip.visual` (cacheable), and
+    `encode_image`, `d_m`, a learnable classifier and text aligner. Counts encoder calls."""
+
+    def __init__(self, k: int = K, d_in: int = 12, d: int = 8, d_t: int = 6, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.clip = nn.Module()
+        self.clip.visual = nn.Linear(d_in, d)
+        self.classifier = nn.Linear(d, k)
+        self.aligner = nn.Linear(d_t, d)
+        for m in (self.clip.visual, self.classifier, self.aligner):
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        self.clip.visual.requires_grad_(False)
+        self.register_buffer("text", torch.randn(k, d_t, generator=g))
+        self.d_m = d
+        self.encoder_calls = 0
+        self.clip.visual.register_forward_hook(self._count)
+
+    def _count(self, *_):
+        self.encoder_calls += 1
+
+    def encode_image(self, x):
+        return torch.tanh(self.clip.visual(x.flatten(1)))
+
+    def forward(self, x):
+        z = self.encode_image(x)
+        return self.classifier(z), z
+
+    aligned_text = FakeModel.aligned_text
+    learnable_state_dict = FakeModel.learnable_state_dict
+    load_learnable_state_dict = FakeModel.load_learnable_state_dict
+
+
 class FakeSplit:
     """A Split: class-dependent base vectors; `load` counts calls (to prove a split was never read)."""
 
@@ -92,11 +128,11 @@ def make_cfg(**train) -> SimpleNamespace:
                            dataset=DatasetSection(name="fake", workers=0))
 
 
-def make_parts(val: bool = True, loss_fn=None, model_seed: int = 0, transform=noisy):
+def make_parts(val: bool = True, loss_fn=None, model_seed: int = 0, transform=noisy, model_cls=None):
     from hgltr_cli.engine.loop import TrainParts
 
     nontail = torch.tensor([c >= 8 for c in COUNTS])
-    return TrainParts(model=FakeModel(seed=model_seed), loss_fn=loss_fn or nn.CrossEntropyLoss(), S=similarity(),
+    return TrainParts(model=(model_cls or FakeModel)(seed=model_seed), loss_fn=loss_fn or nn.CrossEntropyLoss(), S=similarity(),
                       nontail=nontail, train_split=FakeSplit(COUNTS), train_transform=transform,
                       val_split=FakeSplit([4, 4, 4, 4], seed=9) if val else None, eval_transform=ident,
                       class_counts=list(COUNTS), groups=["many" if c > 20 else "medium" if c >= 8 else "few" for c in COUNTS])

@@ -248,3 +248,54 @@ def test_torchrun_two_process_gloo_matches_one_process(dataset, tmp_path, one_th
     ref_val = [r["val_top1"] for r in (json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines())
                if r["event"] == "val"]
     assert [r["val_top1"] for r in recs if r["event"] == "val"] == ref_val
+
+
+def _epoch_records(run: Path, epoch: int) -> list[dict]:
+    keys = ("step", "lr", "loss", "l_cls", "l_mse", "l_dis")
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: r[k] for k in keys} for r in recs if r["event"] == "train" and r["epoch"] == epoch]
+
+
+def test_peft_none_feature_cache_skips_the_trunk_after_epoch_one(dataset, tmp_path, monkeypatch):
+    """hgltr-tiny-vit --peft none: epoch 1 fills RUN/cache/, epoch 2 never calls the image encoder, and
+    epoch 1 logs exactly what a cache-off run logs."""
+    from hgltr_cli.engine.loop import Trainer
+    from hgltr_cli.model.hgltr_model import HGLTRModel
+
+    calls, per_epoch = {"n": 0}, []
+    real_encode, real_end = HGLTRModel.encode_image, Trainer._end_epoch
+
+    def encode(self, images):
+        calls["n"] += 1
+        return real_encode(self, images)
+
+    def end(self, epoch):  # training calls of this epoch; validation's are not counted
+        per_epoch.append(calls["n"])
+        real_end(self, epoch)
+        calls["n"] = 0
+
+    monkeypatch.setattr(HGLTRModel, "encode_image", encode)
+    monkeypatch.setattr(Trainer, "_end_epoch", end)
+    runs = {}
+    for mode in ("on", "off"):
+        per_epoch.clear()
+        calls["n"] = 0
+        out = tmp_path / mode
+        argv = args(dataset, out, 2, "--set", f"train.feature_cache={mode}")
+        argv[argv.index("adapter")] = "none"
+        res = invoke(argv)
+        assert res.exit_code == 0, res.output
+        runs[mode] = (out, list(per_epoch))
+    (on, on_calls), (off, off_calls) = runs["on"], runs["off"]
+    assert on_calls[0] >= 5 and on_calls[1] == 0  # 44 images, batch 8: 5 steps + the dropped 4 images
+    assert off_calls == [5, 5]
+    assert (on / "cache" / "features.safetensors").is_file() and (on / "cache" / "features.json").is_file()
+    assert not (off / "cache").exists()
+    assert _epoch_records(on, 1) == _epoch_records(off, 1)
+    assert yaml.safe_load((on / "config.yaml").read_text())["train"]["feature_cache"] == "on"
+
+
+def test_feature_cache_on_with_a_trained_encoder_is_a_clean_error(dataset, tmp_path):
+    res = invoke(args(dataset, tmp_path / "run", 1, "--set", "train.feature_cache=on"))
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "train.feature_cache=on needs a frozen image encoder" in res.output and "--peft none" in res.output
