@@ -89,9 +89,9 @@ class RunDir:
                 f.write(line)
                 f.flush()
         except OSError as exc:  # a full disk mid-run: a clean stop; the checkpoints on disk stay valid
-            raise self._write_error(exc, self.metrics) from None
+            raise self.write_error(exc, self.metrics) from None
 
-    def _write_error(self, exc: OSError, path: Path) -> HgltrError:
+    def write_error(self, exc: OSError, path: Path) -> HgltrError:
         import errno
 
         last = None

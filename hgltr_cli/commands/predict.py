@@ -10,6 +10,8 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
+from rich.markup import escape
+
 from hgltr_cli.console import user_errors
 from hgltr_cli.errors import HgltrError
 
@@ -155,7 +157,7 @@ def register(app: typer.Typer) -> None:
         for res in predict_files(predictor, files, top_k=top_k, batch_size=batch_size, device=dev):
             if "error" in res:
                 failed += 1
-                err.print(f"[red]cannot read[/] {res['image']}: {res['error']}", soft_wrap=True, highlight=False)
+                err.print(f"[red]cannot read[/] {escape(res['image'])}: {escape(res['error'])}", soft_wrap=True, highlight=False)
             else:
                 done += 1
             if as_json:
@@ -167,7 +169,7 @@ def register(app: typer.Typer) -> None:
         if not as_json:
             from rich.table import Table
 
-            table = Table(title=f"hgltr predict ({predictor.source}: {target})", header_style="bold")
+            table = Table(title=escape(f"hgltr predict ({predictor.source}: {target})"), header_style="bold")
             table.add_column("image", overflow="fold")
             table.add_column("top-1", style="bold")
             table.add_column("p", justify="right")
@@ -175,8 +177,8 @@ def register(app: typer.Typer) -> None:
             table.add_column(f"top-{min(top_k, len(predictor.class_names))}", style="dim")
             for r in rows:
                 p0 = r["predictions"][0]
-                table.add_row(r["image"], p0["class"], f"{p0['probability']:.3f}", " > ".join(r["path"]),
-                              ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"]))
+                table.add_row(escape(r["image"]), escape(p0["class"]), f"{p0['probability']:.3f}", escape(" > ".join(r["path"])),
+                              escape(", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])))
             out.print(table)
             out.print(f"{done} image(s) predicted in {seconds:.2f} s ({done / seconds:.1f} img/s)"
                       + (f"; {failed} could not be read" if failed else ""), markup=False)

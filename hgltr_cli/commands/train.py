@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
         if not result.get("is_main", True):
             return
         if result.get("already_complete"):
-            err.print(f"{result['run_dir']} is already complete ({result['epochs']} epochs); nothing to do.")
+            err.print(f"{result['run_dir']} is already complete ({result['epochs']} epochs); nothing to do.", markup=False)
             return
         if result.get("bad_images"):
             err.print(f"[yellow]skipped {len(result['bad_images'])} bad image file(s):[/]")

@@ -581,7 +581,7 @@ class Trainer:
                         f"  {lt['images_per_s']:.0f} img/s")
             if val is not None:
                 msg += f"  val top-1 {val['val_top1']:.4f}" + ("  (best)" if is_best else "")
-            self.console.print(msg)
+            self.console.print(msg, soft_wrap=True)
 
     # ------------------------------------------------------------------ progress
     def _progress(self):

@@ -92,25 +92,28 @@ def run_train(cfg, output: str | None, *, resume: bool = False, plugins=None, co
                 raise HgltrError(f"the backbone rebuilt for {str(run.path)!r} differs from the one it trained with.",
                                  "Make the same weights available (same file or tag, same open_clip version).")
         if ctx.is_main:
-            if not resume:
-                run.create()
-                run.write_config(cfg)
-            if not run.hierarchy.is_file():
-                run.write_hierarchy(hierarchy)
-            try:
-                previous = run.read_env() if resume else {}
-            except ValueError:  # a damaged env.json is rewritten
-                previous = {}
-            history = list(previous.get("previous_launches", []))
-            if resume:  # env.json describes this launch; earlier launches are listed
-                history.append({"created": previous.get("created"), "command": previous.get("command"),
-                                "world_size": previous.get("world_size"), "device": previous.get("device")})
-            run.write_env(environment(cfg.train.seed, device=str(device), precision=precision,
-                                      world_size=ctx.world_size, plugins=plugins,
-                                      extra={"backbone_sha256": fingerprint, "dataset": source.summary(cfg.dataset),
-                                             **({"previous_launches": history} if history else {}),
-                                             "class_names": source.class_names}))
-            run.trim_metrics(loaded["state"]["step"] if loaded else 0)
+            try:  # a full disk at start-up (resume on a full volume) is a clean error too
+                if not resume:
+                    run.create()
+                    run.write_config(cfg)
+                if not run.hierarchy.is_file():
+                    run.write_hierarchy(hierarchy)
+                try:
+                    previous = run.read_env() if resume else {}
+                except ValueError:  # a damaged env.json is rewritten
+                    previous = {}
+                history = list(previous.get("previous_launches", []))
+                if resume:  # env.json describes this launch; earlier launches are listed
+                    history.append({"created": previous.get("created"), "command": previous.get("command"),
+                                    "world_size": previous.get("world_size"), "device": previous.get("device")})
+                run.write_env(environment(cfg.train.seed, device=str(device), precision=precision,
+                                          world_size=ctx.world_size, plugins=plugins,
+                                          extra={"backbone_sha256": fingerprint, "dataset": source.summary(cfg.dataset),
+                                                 **({"previous_launches": history} if history else {}),
+                                                 "class_names": source.class_names}))
+                run.trim_metrics(loaded["state"]["step"] if loaded else 0)
+            except OSError as exc:
+                raise run.write_error(exc, run.path) from None
         ctx.barrier()
         trainer = Trainer(cfg, parts, run=run, ctx=ctx, device=device, precision=precision, console=console,
                           progress=progress)
@@ -124,7 +127,7 @@ def run_train(cfg, output: str | None, *, resume: bool = False, plugins=None, co
                           f"{len(parts.train_split)} train / {len(parts.val_split) if parts.val_split else 0} val images; "
                           f"{cfg.model.name} + {cfg.peft.name}, loss {cfg.loss.name}, {device} {precision}"
                           + (f", {ctx.world_size} processes" if ctx.enabled else "")
-                          + (f"; resuming at epoch {trainer.epoch + 1}, step {trainer.step}" if loaded else ""))
+                          + (f"; resuming at epoch {trainer.epoch + 1}, step {trainer.step}" if loaded else ""), soft_wrap=True)
         result = trainer.fit()
         report = parts.bad_report
         if ctx.is_main:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from rich.markup import escape
 from rich.table import Table
 
 MISSING = "—"
@@ -61,12 +62,12 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def summary_table(summary: dict[str, Any], title: Optional[str] = "Evaluation") -> Table:
     """A two-column (plus note) rich table; accuracies in %, distances as plain numbers."""
-    table = Table(title=title, show_header=True, header_style="bold")
+    table = Table(title=escape(title) if title else title, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("note", style="dim")
     for metric, value, note in summary_rows(summary):
-        table.add_row(metric, value, note)
+        table.add_row(escape(metric), escape(value), escape(note))  # class names are data, not markup
     return table
 
 

@@ -250,9 +250,6 @@ def test_full_disk_injected_fails_cleanly_and_keeps_previous(suite_data, tmp_pat
             TALLY.lost(f"ENOSPC writing {where}")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (hgltr_cli/engine/run.py run_train / console.user_errors): on --resume, "
-                   "write_env and trim_metrics run before any disk-error handling, so a full disk at start-up raises "
-                   "a bare OSError with a traceback instead of a clean message")
 def test_resume_onto_a_full_disk_is_a_clean_error(tiny_disk, reference_run):
     run = tiny_disk / "run"
     shutil.copytree(reference_run, run, ignore=shutil.ignore_patterns("eval"))
