@@ -35,12 +35,6 @@ class DuplicateComponentError(HgltrError):
     """Two plugins registered the same name for the same kind of component."""
 
 
-class NotBuiltYet(HgltrError):
-    """A command whose capability does not exist yet (it never pretends)."""
-
-    exit_code = 2
-
-
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Candidates that look like `word` (typos, missing dashes), best first."""
     candidates = list(candidates)

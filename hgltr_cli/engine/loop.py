@@ -106,6 +106,31 @@ def _cache_mode(value) -> str:
     return str(value)
 
 
+def use_feature_cache(cfg, model: nn.Module, distributed: bool) -> bool:
+    """Whether train.feature_cache (auto/on/off) turns the cache on; an impossible 'on' is a clean error.
+
+    Checked by `run_train` before the run directory is created, so a refused setting writes nothing."""
+    mode = _cache_mode(getattr(cfg.train, "feature_cache", "auto"))
+    if mode not in ("auto", "on", "off"):
+        raise HgltrError(f"train.feature_cache must be auto, on or off, got {mode!r}.")
+    if mode == "off":
+        return False
+    if not fcache.cacheable(model):
+        if mode == "on":
+            peft = getattr(getattr(cfg, "peft", None), "name", None)
+            raise HgltrError("train.feature_cache=on needs a frozen image encoder, but "
+                             + (f"--peft {peft}" if peft else "this model") + " trains it.",
+                             "Use --peft none (only h_t and the classifier learn), or "
+                             "--set train.feature_cache=auto.")
+        return False
+    if distributed:
+        if mode == "on":
+            raise HgltrError("train.feature_cache=on works in one process only.",
+                             "Run without torchrun, or use --set train.feature_cache=auto (off under DDP).")
+        return False
+    return True
+
+
 class StopFlag:
     """SIGINT/SIGTERM -> a flag the loop polls at safe points; a second signal acts as usual."""
 
@@ -172,24 +197,8 @@ class Trainer:
         self.cache: fcache.FeatureCache | None = None
         self._cache_plan: fcache.EpochOnePlan | None = None
         self._cache_ready = False
-        mode = _cache_mode(getattr(t, "feature_cache", "auto"))
-        if mode not in ("auto", "on", "off"):
-            raise HgltrError(f"train.feature_cache must be auto, on or off, got {mode!r}.")
-        if mode != "off":
-            if not fcache.cacheable(model):
-                if mode == "on":
-                    peft = getattr(getattr(cfg, "peft", None), "name", None)
-                    raise HgltrError("train.feature_cache=on needs a frozen image encoder, but "
-                                     + (f"--peft {peft}" if peft else "this model") + " trains it.",
-                                     "Use --peft none (only h_t and the classifier learn), or "
-                                     "--set train.feature_cache=auto.")
-            elif self.ctx.enabled:
-                if mode == "on":
-                    raise HgltrError("train.feature_cache=on works in one process only.",
-                                     "Run without torchrun, or use --set train.feature_cache=auto "
-                                     "(off under DDP).")
-            else:
-                self.cache = fcache.FeatureCache.for_model(model, len(parts.train_split), self.device)
+        if use_feature_cache(cfg, model, self.ctx.enabled):
+            self.cache = fcache.FeatureCache.for_model(model, len(parts.train_split), self.device)
         self.S = parts.S.to(self.device, torch.float32)
         self.nontail = parts.nontail.to(self.device)
         self.optimizer = build_optimizer(model.parameters(), t)

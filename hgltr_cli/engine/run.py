@@ -58,7 +58,7 @@ def run_train(cfg, output: str | None, *, resume: bool = False, plugins=None, co
     """Train (or continue) the run in `output`; returns a summary dict. Raises HgltrError / Interrupted."""
     from hgltr_cli.engine import checkpoint as ckpt
     from hgltr_cli.engine.distributed import init_distributed
-    from hgltr_cli.engine.loop import Trainer
+    from hgltr_cli.engine.loop import Trainer, use_feature_cache
     from hgltr_cli.engine.runtime import resolve_device, resolve_precision
     from hgltr_cli.rundir import RunDir, backbone_fingerprint, environment
 
@@ -77,6 +77,7 @@ def run_train(cfg, output: str | None, *, resume: bool = False, plugins=None, co
         # a run killed before its hierarchy.json was written falls back to the configured file
         hierarchy = run.load_hierarchy() if resume and run.hierarchy.is_file() else None
         parts, hierarchy, source = build_parts(cfg, plugins=plugins, hierarchy=hierarchy)
+        use_feature_cache(cfg, parts.model, ctx.enabled)  # a refused setting stops before anything is written
         fingerprint = backbone_fingerprint(parts.model)
         loaded = None
         if resume and run.has_checkpoint():

@@ -299,3 +299,4 @@ def test_feature_cache_on_with_a_trained_encoder_is_a_clean_error(dataset, tmp_p
     res = invoke(args(dataset, tmp_path / "run", 1, "--set", "train.feature_cache=on"))
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert "train.feature_cache=on needs a frozen image encoder" in res.output and "--peft none" in res.output
+    assert not (tmp_path / "run").exists()  # refused before the run directory is created
