@@ -232,13 +232,26 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path, *, which: str 
                                    _max_abs(bundle.model(images[:1])[0], reference_one))}
         # 2. the format's graph
         module = B.LogitsOnly(B.inference_model(model)).eval()
-        with torch.no_grad():
-            graph = exporter.export(module, images, staging)
+        try:
+            with torch.no_grad():
+                graph = exporter.export(module, images, staging)
+        except HgltrError:
+            raise
+        except Exception as exc:  # a tracer/converter failure names the format and the op, not a traceback
+            raise HgltrError(f"the {fmt} exporter could not convert this model: {type(exc).__name__}: {exc}",
+                             "Try another --format (safetensors always works), or report the failing op.") from exc
         if graph:
             name = graph["file"]
             manifest["files"][name] = B.file_record(B.safe_join(staging, name))
+            try:
+                with torch.no_grad():
+                    got = exporter.run(staging, graph, images)
+            except HgltrError:
+                raise
+            except Exception as exc:
+                raise HgltrError(f"the exported {fmt} graph does not run: {type(exc).__name__}: {exc}",
+                                 "Try another --format (safetensors always works), or report the failing op.") from exc
             with torch.no_grad():
-                got = exporter.run(staging, graph, images)
                 if got is None:  # the exporter could not run its graph here (and was told that is fine)
                     d = None
                 else:

@@ -6,7 +6,9 @@ few-shot (< 20) and an epoch is ~15k images. Capping every class at N first (N =
 imbalance factor exactly 100 (counts 1000 ... 10) with many-, medium- and few-shot classes all present
 and an epoch of ~2.5k images. The images are Fashion-MNIST's own; only which ones are kept changes.
 
-    python scripts/fashion_mnist_subset.py OUT_DIR --per-class 1100 --seed 0 [--source DIR]
+    python scripts/fashion_mnist_subset.py OUT_DIR --per-class 1100 --seed 0 [--source DIR] [--samples DIR]
+
+--samples DIR also writes the first test image of each class as a PNG (`hgltr predict` input).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hgltr_plugins.datasets.fashion_mnist_lt import FILES, _file, find_dir, read_idx
+from hgltr_plugins.datasets.fashion_mnist_lt import CLASS_NAMES, FILES, _file, find_dir, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -27,12 +29,25 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + np.ascontiguousarray(array).tobytes())
 
 
+def write_samples(src: Path, out: Path) -> None:
+    """The first test image of each class as `test-<index>-<class>.png` (the true class in the name)."""
+    from PIL import Image
+
+    x = read_idx(_file(src, FILES["test_images"]))
+    y = read_idx(_file(src, FILES["test_labels"]))
+    out.mkdir(parents=True, exist_ok=True)
+    for c, name in enumerate(CLASS_NAMES):
+        i = int(np.flatnonzero(y == c)[0])
+        Image.fromarray(x[i]).save(out / f"test-{i:05d}-{name.replace('/', '-').replace(' ', '_')}.png")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--per-class", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", default=None, help="folder with the idx files (default: Debian's)")
+    ap.add_argument("--samples", type=Path, default=None, help="write one test image per class here as PNG")
     a = ap.parse_args(argv)
     src = find_dir(a.source)
     x = read_idx(_file(src, FILES["train_images"]))
@@ -51,6 +66,8 @@ def main(argv=None) -> int:
     for stem in ("test_images", "test_labels"):
         f = _file(src, FILES[stem])
         shutil.copyfile(f, a.out / f.name)
+    if a.samples:
+        write_samples(src, a.samples)
     print(f"{a.out}: {len(keep)} train images ({a.per_class} per class, seed {a.seed}) + the official test set",
           file=sys.stderr)
     return 0

@@ -76,7 +76,8 @@ class ChannelAdapter(BottleneckAdapter):
     does), and the result comes back in the input's layout."""
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return super().forward(y.movedim(1, -1)).movedim(-1, 1)
+        # explicit permutations: ONNX rejects the negative axes movedim(-1, 1) would trace to
+        return super().forward(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class Adapter(PeftMethod):

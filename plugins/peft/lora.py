@@ -139,7 +139,7 @@ class LoRAConv1x1(nn.Module):
         y = F.conv2d(x, self.weight, self.bias, padding=self.padding)
         if self.merged:
             return y
-        return y + self.lora(x.movedim(1, -1)).movedim(-1, 1)
+        return y + self.lora(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # positive axes: ONNX-traceable
 
     @torch.no_grad()
     def merge(self) -> None:

@@ -165,3 +165,24 @@ def test_bad_lora_convs_option(plugins):
 
     with pytest.raises(Exception, match="convs"):
         resolve(TrainConfig, [{"peft": {"name": "lora", "convs": "dw"}, "model": {"name": MODEL}}], plugins=plugins)
+
+
+@pytest.mark.parametrize("peft", ["adapter", "lora"])
+def test_cnn_peft_exports_to_onnx_with_parity(make, plugins, tmp_path, peft):
+    """The exported graph of a CNN with PEFT modules loads in onnxruntime and matches PyTorch
+    (the channel adapter once traced to a Transpose with negative axes, which ONNX rejects)."""
+    pytest.importorskip("onnxruntime")
+    from hgltr_cli import bundle as B
+
+    model = make(peft)
+    for p in model.peft.learnable_parameters():  # leave the identity init so the adapters act
+        nn.init.normal_(p, std=0.05)
+    module = B.LogitsOnly(B.inference_model(model)).eval()
+    images = _images()
+    exporter = plugins.get("exporters", "onnx")
+    onnx = exporter.factory(exporter.default_config())
+    with torch.no_grad():
+        reference = module(images)
+        graph = onnx.export(module, images, tmp_path)
+        got = onnx.run(tmp_path, graph, images)
+    assert torch.allclose(got, reference, atol=1e-4), float((got - reference).abs().max())
