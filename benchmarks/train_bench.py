@@ -273,6 +273,23 @@ def step_flops(bench, batch: int, size: int, num_classes: int, device: torch.dev
 
 # ----------------------------------------------------------------------------- cases
 
+class count_text_calls:
+    """Counts calls of the text tower while installed: a training step must make none."""
+
+    def __init__(self, engine):
+        self.n, self._clip = 0, engine.model.clip
+        self._orig = self._clip.encode_text
+
+        def counting(*a, **k):
+            self.n += 1
+            return self._orig(*a, **k)
+
+        self._clip.encode_text = counting
+
+    def restore(self) -> None:
+        self._clip.encode_text = self._orig
+
+
 def run_train_case(case: dict, plugins) -> dict:
     """One (method, precision) training measurement; with case['naive'] also the naive reference."""
     device = torch.device(case.get("device", "cpu"))
@@ -282,15 +299,7 @@ def run_train_case(case: dict, plugins) -> dict:
     out: dict = {"model": model, "peft": method, "batch": batch, "precision": precision, "classes": K}
     engine = EngineBench(model, method, batch, precision, K, plugins, device)
     size = engine.size
-    # text prototypes: never recomputed by a step (count calls of the text tower during the timed steps)
-    calls = {"n": 0}
-    orig = engine.model.clip.encode_text
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        return orig(*a, **k)
-
-    engine.model.clip.encode_text = counting
+    calls = count_text_calls(engine)  # text prototypes: never recomputed by a step
     compile_s = None
     if case.get("compile"):  # torch.compile the step module (the engine's forward); first step = compile
         import time as _time
@@ -300,9 +309,9 @@ def run_train_case(case: dict, plugins) -> dict:
         compile_s = _time.perf_counter() - t0
     with PeakMemory(device) as mem:
         times = time_repeats(engine.step, device, warmup, repeats)
-    engine.model.clip.encode_text = orig
+    calls.restore()
     out["hgltr"] = {"step_s": stats(times), "images_per_s": stats([batch / t for t in times]),
-                    "memory": mem.result(), "text_encoder_calls_during_steps": calls["n"]}
+                    "memory": mem.result(), "text_encoder_calls_during_steps": calls.n}
     if compile_s is not None:
         out["hgltr"]["compile_first_step_s"] = compile_s
         out["compiled"] = True
