@@ -10,15 +10,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_smoke_run_writes_every_section(tmp_path):
-    out = tmp_path / "smoke.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HGLTR_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def start_smoke(folder: Path):
+    """`benchmarks/run.py --smoke` in its own process (started early: it runs beside the other tests)."""
+    out = folder / "smoke.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HGLTR_CACHE_DIR": str(folder / "cache")}
+    with open(folder / "stdout", "w") as so, open(folder / "stderr", "w") as se:  # files: a full pipe would block it
+        proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
+                                stdout=so, stderr=se, cwd=str(folder), env=env)
+    return proc, folder
+
+
+@pytest.mark.early_start.with_args(start_smoke)
+def test_smoke_run_writes_every_section(early_started):
+    proc, folder = early_started
+    proc.wait(timeout=600)
+    stdout, stderr = (folder / "stdout").read_text(), (folder / "stderr").read_text()
+    assert proc.returncode == 0, stderr[-3000:]
+    out = folder / "smoke.json"
     res = json.loads(out.read_text())
     assert res["plan"]["mode"] == "smoke"
     for p in res["plan"]["precisions"]:
@@ -45,7 +58,7 @@ def test_smoke_run_writes_every_section(tmp_path):
         assert "error" not in h, h
         assert h["levels"] == 7 and h["command_max_rss_mb"]["median"] > 0
     assert res["data"]["by_workers"]["0"]["images_per_s"]["median"] > 0
-    assert "| adapter |" in proc.stdout  # the Markdown table
+    assert "| adapter |" in stdout  # the Markdown table
 
 
 def test_flops_match_the_analytic_count_for_a_vit_block():

@@ -75,15 +75,22 @@ def test_dag_rules_and_cut(wordnet):
         wordnet.build(wordnet.WordNetOptions(cut=["nothing.n.99"]), keys)
 
 
-def test_default_is_independent_of_pythonhashseed(tmp_path):
-    """nltk's hypernym_paths() order varies with PYTHONHASHSEED; the default must not."""
+def start_hashseed_builds(folder):
+    """The default hierarchy of 100 ImageNet classes built under three PYTHONHASHSEEDs, in three processes
+    (started early: each start-up loads WordNet, beside the other tests)."""
     timm_info = Path(__import__("timm").__file__).parent / "data" / "_info" / "imagenet_synsets.txt"
     wnids = timm_info.read_text().split()[::10]  # 100 classes, many with several hypernym paths
     code = ("import sys; from hgltr_plugins.hierarchies.wordnet import build; "
             "h = build(None, sys.argv[1].split(',')); print(h.content_hash)")
-    procs = [subprocess.Popen([sys.executable, "-c", code, ",".join(wnids)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONHASHSEED=seed), cwd=REPO)
-             for seed in ("0", "1", "12345")]  # concurrently: each start-up loads WordNet
+    return [subprocess.Popen([sys.executable, "-c", code, ",".join(wnids)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONHASHSEED=seed), cwd=REPO)
+            for seed in ("0", "1", "12345")]
+
+
+@pytest.mark.early_start.with_args(start_hashseed_builds)
+def test_default_is_independent_of_pythonhashseed(early_started):
+    """nltk's hypernym_paths() order varies with PYTHONHASHSEED; the default must not."""
+    procs = early_started
     hashes = set()
     for proc in procs:
         out, err = proc.communicate(timeout=300)

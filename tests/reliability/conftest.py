@@ -5,6 +5,7 @@ pytest imports every conftest.py under the module name `conftest`, so tests that
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,9 +17,42 @@ REPO = Path(__file__).resolve().parents[2]
 HGLTR = str(Path(sys.executable).with_name("hgltr"))
 
 
+# The suite's data and its uninterrupted reference run are made when collection ends (when a collected
+# test needs them), so that the reference `hgltr train` process runs beside the tests before the first
+# one that needs it; removed when the session ends.
+_EARLY: dict = {}
+
+
+def pytest_collection_finish(session):
+    import tempfile
+
+    if _EARLY or session.config.option.collectonly or not any("reference_run" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    root = Path(tempfile.mkdtemp(prefix="hgltr-rel-"))
+    cache, out = root / "rel-cache", root / "rel-ref" / "run"
+    cache.mkdir()
+    make_dataset(root / "rel-data")
+    with open(root / "ref.stderr", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "hgltr_cli", *train_args(root / "rel-data" / "data",
+                                 root / "rel-data" / "hier.json", out)], env=subprocess_env(HGLTR_CACHE_DIR=str(cache)),
+                                stdout=subprocess.DEVNULL, stderr=err)
+    _EARLY.update(root=root, cache=cache, data=root / "rel-data", out=out, proc=proc)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    proc = _EARLY.get("proc")
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if _EARLY:
+        shutil.rmtree(_EARLY["root"], ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def rel_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("rel-cache")
+    return _EARLY["cache"] if _EARLY else tmp_path_factory.mktemp("rel-cache")
 
 
 @pytest.fixture(autouse=True)
@@ -30,12 +64,17 @@ def _offline_cache(monkeypatch, rel_cache):
 @pytest.fixture(scope="session")
 def suite_data(tmp_path_factory) -> Path:
     """A long-tailed imagefolder (train/val/test) and its hierarchy file: ROOT/data, ROOT/hier.json."""
-    return make_dataset(tmp_path_factory.mktemp("rel-data"))
+    return _EARLY["data"] if _EARLY else make_dataset(tmp_path_factory.mktemp("rel-data"))
 
 
 @pytest.fixture(scope="session")
 def reference_run(suite_data, tmp_path_factory, rel_cache) -> Path:
     """One uninterrupted `hgltr train` subprocess (CPU, fp32, seed 0): what every interrupted run must equal."""
+    if _EARLY:
+        proc = _EARLY["proc"]
+        proc.wait(timeout=300)
+        assert proc.returncode == 0, (_EARLY["root"] / "ref.stderr").read_text()
+        return _EARLY["out"]
     out = tmp_path_factory.mktemp("rel-ref") / "run"
     res = hgltr(train_args(suite_data / "data", suite_data / "hier.json", out),
                 env=subprocess_env(HGLTR_CACHE_DIR=str(rel_cache)))

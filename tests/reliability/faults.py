@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,24 +36,28 @@ class Tally:
     bad_inputs_handled: int = 0
     data_lost: int = 0  # runs whose previous checkpoint was unusable after a fault, or final weights differ
     notes: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # kill tests use threads
 
     def fault(self, survived: bool, what: str = "") -> None:
-        self.faults_injected += 1
-        if survived:
-            self.faults_survived += 1
-        elif what:
-            self.notes.append(f"fault not survived: {what}")
+        with self._lock:
+            self.faults_injected += 1
+            if survived:
+                self.faults_survived += 1
+            elif what:
+                self.notes.append(f"fault not survived: {what}")
 
     def bad_input(self, handled: bool, what: str = "") -> None:
-        self.bad_inputs_tried += 1
-        if handled:
-            self.bad_inputs_handled += 1
-        elif what:
-            self.notes.append(f"bad input not handled: {what}")
+        with self._lock:
+            self.bad_inputs_tried += 1
+            if handled:
+                self.bad_inputs_handled += 1
+            elif what:
+                self.notes.append(f"bad input not handled: {what}")
 
     def lost(self, what: str) -> None:
-        self.data_lost += 1
-        self.notes.append(f"data lost: {what}")
+        with self._lock:
+            self.data_lost += 1
+            self.notes.append(f"data lost: {what}")
 
     def lines(self) -> list[str]:
         return [f"faults injected: {self.faults_injected}, survived: {self.faults_survived}",

@@ -10,6 +10,8 @@ signal (SIGKILL, SIGTERM or SIGINT; each used). After each fault:
 then `hgltr train --resume RUN` (or the original command if the run dir was never written)
 continues. The finished run must equal the uninterrupted reference run exactly: final and
 best weights, best metric, and every logged loss, with no step logged twice.
+The faults are dealt to two lanes that run side by side (one process each at a time), so that one
+run's start-up overlaps the other's work.
 """
 from __future__ import annotations
 
@@ -159,25 +161,28 @@ def compare_to_reference(run: Path, ref: Path) -> list[str]:
     return problems
 
 
-def test_random_kills_resume_to_the_uninterrupted_result(suite_data, reference_run, tmp_path, rel_cache):
-    faults = plan(SEED, N_FAULTS)
-    assert {f.phase for f in faults} >= set(PHASES[:min(N_FAULTS, len(PHASES))])
-    assert {f.sig for f in faults} == set(SIGNALS)
-    env = subprocess_env(HGLTR_CACHE_DIR=str(rel_cache), HGLTR_FAULT_LOG=str(tmp_path / "stages.log"),
-                         HGLTR_FAULT_PAUSE=str(PAUSE))
-    chain, pending, history = 0, list(faults), []
+LANES = 2  # chains run side by side (each a real `hgltr train` process at a time): the start-ups overlap
+
+
+def run_lane(lane: int, faults: list[Fault], suite_data: Path, reference_run: Path, root: Path, env: dict,
+             history: list[str]) -> None:
+    """Deliver `faults` in order to chains of runs (root/lane<lane>-run<chain>), finish each chain, compare it with
+    the reference run. Each lane has its own stage log, so two lanes can run at once."""
+    chain, pending = 0, list(faults)
+    log = root / f"stages-{lane}.log"
+    env = {**env, "HGLTR_FAULT_LOG": str(log)}
     while pending:
         chain += 1
-        run = tmp_path / f"run{chain}"
+        run = root / f"lane{lane}-run{chain}"
         fresh_argv = train_args(suite_data / "data", suite_data / "hier.json", run)
         while pending and not (run.is_dir() and run_complete(run)):
             fault = pending[0]
             argv = ["train", "--resume", str(run), "--no-progress"] if (run / "config.yaml").is_file() else fresh_argv
             before = verify_checkpoints(run)
-            signalled, rc, err = launch_and_fault(argv, fault, run, tmp_path / "stages.log", env)
+            signalled, rc, err = launch_and_fault(argv, fault, run, log, env)
             if not signalled:  # the process finished before the moment came: not a fault
                 assert rc == 0, f"{fault}: run ended with {rc} before the fault:\n{err}"
-                history.append(f"{fault}: not reached (run finished)")
+                history.append(f"lane {lane}, chain {chain}: {fault}: not reached (run finished)")
                 continue
             pending.pop(0)
             survived = False
@@ -196,7 +201,7 @@ def test_random_kills_resume_to_the_uninterrupted_result(suite_data, reference_r
                 raise
             finally:
                 TALLY.fault(survived, str(fault))
-            history.append(f"{fault}: exit {rc}, last checkpoint step {after}")
+            history.append(f"lane {lane}, chain {chain}: {fault}: exit {rc}, last checkpoint step {after}")
         if not run_complete(run):  # finish the chain
             argv = ["train", "--resume", str(run), "--no-progress"] if (run / "config.yaml").is_file() else fresh_argv
             from faults import hgltr
@@ -205,12 +210,33 @@ def test_random_kills_resume_to_the_uninterrupted_result(suite_data, reference_r
             assert res.returncode == 0, res.stderr
         problems = compare_to_reference(run, reference_run)
         for p in problems:
-            TALLY.lost(f"chain {chain}: {p}")
+            TALLY.lost(f"lane {lane}, chain {chain}: {p}")
         assert not problems, "\n".join(problems + ["faults:"] + history)
         # a write cut by kill -9 leaves its temporary folder; the next write of the run must remove it
         leftovers = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
         assert not leftovers, f"temporary files left in checkpoints/ after the run finished: {leftovers}\n" + "\n".join(history)
-    print("\n".join(history))
+
+
+def test_random_kills_resume_to_the_uninterrupted_result(suite_data, reference_run, tmp_path, rel_cache):
+    from concurrent.futures import ThreadPoolExecutor
+
+    faults = plan(SEED, N_FAULTS)
+    assert len(faults) == N_FAULTS >= 5
+    assert {f.phase for f in faults} >= set(PHASES[:min(N_FAULTS, len(PHASES))])
+    assert {f.sig for f in faults} == set(SIGNALS)
+    env = subprocess_env(HGLTR_CACHE_DIR=str(rel_cache), HGLTR_FAULT_PAUSE=str(PAUSE))
+    lanes = [faults[i::LANES] for i in range(LANES)]
+    histories: list[list[str]] = [[] for _ in lanes]
+    with ThreadPoolExecutor(LANES) as pool:
+        futures = [pool.submit(run_lane, i, lane, suite_data, reference_run, tmp_path, env, histories[i])
+                   for i, lane in enumerate(lanes)]
+        errors = [f.exception() for f in futures]
+    print("\n".join(h for hist in histories for h in hist))
+    for e in errors:
+        if e is not None:
+            raise e
+    delivered = [h for hist in histories for h in hist if "not reached" not in h]
+    assert len(delivered) == N_FAULTS, delivered
 
 
 def test_crash_between_validation_and_its_checkpoint_after_an_end_of_epoch_stop(suite_data, reference_run, tmp_path,
