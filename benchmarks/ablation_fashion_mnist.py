@@ -54,6 +54,9 @@ METRICS = [  # (summary key, column, scale, format)
 ]
 
 
+LOWER_IS_BETTER = {"ece", "mistake_severity"}
+
+
 def run(cmd: list[str], log: Path, env: dict | None = None) -> None:
     print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
     with open(log, "a") as f:
@@ -104,8 +107,32 @@ def train_and_eval(args, data: Path, hierarchy: Path, key: str, mse: bool, dis: 
          "--set", f"hgltr.alpha={args.alpha if mse else 0}", "--set", f"hgltr.beta={args.beta if dis else 0}",
          "--output", str(out), "--no-progress"], log, env)
     run([HGLTR, "eval", str(out), "--split", "test"], log, env)
-    print(f"  {key} seed {seed}: {time.time() - t0:.0f}s", flush=True)
+    seconds = time.time() - t0
+    (out / "ablation_seconds.json").write_text(json.dumps({"train_and_eval_seconds": round(seconds, 1)}) + "\n")
+    print(f"  {key} seed {seed}: {seconds:.0f}s", flush=True)
     return json.loads(summary.read_text())
+
+
+def run_seconds(args, key: str, seed: int) -> float | None:
+    """Train + eval seconds of a finished run, measured when it ran (None if not recorded)."""
+    f = args.work / f"{key}-seed{seed}" / "ablation_seconds.json"
+    return json.loads(f.read_text())["train_and_eval_seconds"] if f.is_file() else None
+
+
+def paired_lines(results: dict, seeds: list[int]) -> list[str]:
+    """Each variant minus LA only, seed by seed (same data, same seed: the noise the means share cancels)."""
+    base = VARIANTS[0][0]
+    lines = ["| variant − LA only | " + " | ".join(f"Δ {c}" for _, c, _, _ in METRICS) + " |",
+             "| --- | " + " | ".join("---" for _ in METRICS) + " |"]
+    for key, label, _, _ in VARIANTS[1:]:
+        cells = []
+        for m, _c, scale, f in METRICS:
+            d = [(results[key][s][m] - results[base][s][m]) * scale for s in seeds]
+            better = sum((x < 0) if m in LOWER_IS_BETTER else (x > 0) for x in d)
+            cells.append(f"{'+' if statistics.fmean(d) >= 0 else ''}{f.format(statistics.fmean(d))} "
+                         f"({better}/{len(d)} better)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def fmt(values: list[float], scale: float, f: str) -> str:
@@ -148,14 +175,18 @@ def main(argv=None) -> int:
                    for key, _label, mse, dis in VARIANTS for seed in seeds}
         results: dict = {key: {seed: futures[key, seed].result() for seed in seeds} for key, *_ in VARIANTS}
     wall = time.time() - start
+    per_run = [run_seconds(args, key, s) for key, *_ in VARIANTS for s in seeds]
+    compute = sum(x for x in per_run if x is not None)
 
     first = results[VARIANTS[0][0]][seeds[0]]
     groups = first.get("group_sizes", {})
     lines = [
         "# Ablation: HGLTR's hierarchy terms on Fashion-MNIST-LT",
         "",
-        f"Produced by `{command.strip()}` (wall time {wall / 60:.1f} min on {os.cpu_count()} CPU cores, "
-        f"{platform.processor() or platform.machine()}; runs reused from earlier invocations count as 0).",
+        f"Produced by `{command.strip()}` on {os.cpu_count()} CPU cores ({platform.machine()}): "
+        f"{len(per_run)} train + eval runs, {compute / 60:.1f} run-minutes in all "
+        f"({statistics.fmean([x for x in per_run if x is not None] or [0]) / 60:.1f} min each, {args.jobs} at a time); "
+        f"this invocation {wall / 60:.1f} min (finished runs are reused).",
         "",
         f"Test set: the official 10,000 Fashion-MNIST test images. Mean ± standard deviation over training "
         f"seeds {', '.join(map(str, seeds))} (same data for every run). Groups by training count: "
@@ -167,6 +198,8 @@ def main(argv=None) -> int:
     for key, label, _, _ in VARIANTS:
         cells = [fmt([results[key][s][m] for s in seeds], scale, f) for m, _, scale, f in METRICS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences (same seed), mean over seeds and how many seeds moved the right way:", ""]
+    lines += paired_lines(results, seeds)
     lines += [
         "",
         "Setting: `quickstart-effnet-minilm` (EfficientNet-Lite0 ImageNet weights + all-MiniLM-L6-v2, from "
@@ -181,13 +214,14 @@ def main(argv=None) -> int:
         "Per-seed results: `benchmarks/ablation_fashion_mnist.json`.",
     ]
     args.output.write_text("\n".join(lines) + "\n")
-    raw = {"command": command.strip(), "wall_seconds": round(wall, 1), "seeds": seeds,
+    raw = {"command": command.strip(), "wall_seconds": round(wall, 1), "run_seconds_total": round(compute, 1),
+           "seeds": seeds,
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                         if k not in ("work", "output", "force")},
            "results": {k: {str(s): {m: results[k][s][m] for m, *_ in METRICS} | {"top5": results[k][s]["top5"]}
                            for s in seeds} for k, *_ in VARIANTS}}
     args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
-    print("\n".join(lines[6:6 + 2 + len(VARIANTS)]))
+    print("\n".join(lines[6:]))
     print(f"\nwritten: {args.output} and {args.output.with_suffix('.json')}  ({wall / 60:.1f} min)")
     return 0
 
