@@ -184,10 +184,21 @@ def test_pickle_planted_as_checkpoint_weights_is_never_unpickled(run_copy, senti
     img = next((suite_data / "data" / "test").rglob("*.png"))
     for argv, what in ((["eval", run_copy, "--checkpoint", "last", "--no-progress"], "eval"),
                        (["predict", run_copy, img, "--checkpoint", "last"], "predict"),
-                       (["export", run_copy, "--checkpoint", "last", "--output", tmp_path / "b"], "export"),
-                       (["train", "--resume", run_copy, "--no-progress"], "train --resume")):
+                       (["export", run_copy, "--checkpoint", "last", "--output", tmp_path / "b"], "export")):
         refused(invoke(argv), sentinel, "model.safetensors", what=f"{what} of a run dir with pickled weights")
     assert not (tmp_path / "b").exists()
+    # train --resume passes over a damaged newest checkpoint to the previous good one, saying so
+    res = invoke(["train", "--resume", run_copy, "--no-progress"])
+    ok = False
+    try:
+        assert not sentinel.exists(), "train --resume: THE PAYLOAD RAN"
+        assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+        text = one_line(res.output)
+        assert "skipping a damaged checkpoint" in text and "model.safetensors" in text, res.output
+        assert "resuming from the previous good checkpoint" in text, res.output
+        ok = True
+    finally:
+        TALLY.bad_input(ok, "train --resume of a run dir with pickled weights (falls back, never unpickles)")
 
 
 def test_pickles_planted_next_to_checkpoints_are_ignored(run_copy, sentinel, suite_data, tmp_path):
