@@ -13,17 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HGLTR_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def plugins():
-    from hgltr_cli.plugins import load_plugins
-    return load_plugins(warn=False)
+from offline_fixtures import _offline, plugins  # noqa: E402,F401 (pytest fixtures)
 
 
 def _engine(plugins, peft="none", precision="fp32"):

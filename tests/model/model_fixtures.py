@@ -3,17 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HGLTR_CACHE_DIR", str(tmp_path / "hgltr-cache"))
-
-
-@pytest.fixture(scope="session")
-def plugins():
-    from hgltr_cli.plugins import load_plugins
-    return load_plugins(warn=False)
+from offline_fixtures import _offline, plugins  # noqa: F401 (pytest fixtures, re-exported)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -82,8 +81,6 @@ def noise_png(path: Path, rgb, seed: int, size: int = 36) -> Path:
 
 def make_dataset(root: Path, counts: dict[str, int] = COUNTS, seed: int = 0) -> Path:
     """root/data/{train,val,test}/<class>/NNN.png (long-tailed train) and root/hier.json."""
-    from hgltr_cli.hierarchy import Hierarchy
-
     rng = np.random.default_rng(seed)
     base = {c: rng.integers(0, 256, 3) for c in counts}
     k = 0
@@ -140,6 +137,20 @@ def kill_after(proc: subprocess.Popen, delay: float, sig: int) -> tuple[bool, st
         proc.send_signal(sig)
     out, err = proc.communicate(timeout=300)
     return signalled, out, err
+
+
+def invoke(argv):
+    """The CLI in-process (CliRunner), with a fresh plugin set before and after."""
+    from typer.testing import CliRunner
+
+    from hgltr_cli.cli import build_app
+    from hgltr_cli.plugins import set_plugins
+
+    set_plugins(None)
+    try:
+        return CliRunner().invoke(build_app(), [str(a) for a in argv])
+    finally:
+        set_plugins(None)
 
 
 def one_line(text: str) -> str:

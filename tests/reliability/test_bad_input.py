@@ -14,19 +14,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from faults import (COUNTS, TALLY, awkward_images, bad_images, index_of, make_dataset, noise_png, one_line,
+from faults import (invoke, COUNTS, TALLY, awkward_images, bad_images, index_of, make_dataset, noise_png, one_line,
                     write_hierarchy)
 from hgltr_cli.cli import build_app
-
-
-def invoke(argv):
-    from hgltr_cli.plugins import set_plugins
-
-    set_plugins(None)
-    try:
-        return CliRunner().invoke(build_app(), [str(a) for a in argv])
-    finally:
-        set_plugins(None)
 
 
 def handled(res, *needles: str, code: int | None = None, what: str = "") -> str:

@@ -10,28 +10,14 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from faults import TALLY, index_of, one_line, same_tensors, snapshot, train_args, weights
-from hgltr_cli.cli import build_app
-
-
-def invoke(argv):
-    from hgltr_cli.plugins import set_plugins
-
-    set_plugins(None)
-    try:
-        return CliRunner().invoke(build_app(), [str(a) for a in argv])
-    finally:
-        set_plugins(None)
+from faults import invoke, TALLY, index_of, one_line, same_tensors, snapshot, train_args, weights
 
 
 def clean_failure(res) -> str:
@@ -231,7 +217,6 @@ def test_full_disk_injected_fails_cleanly_and_keeps_previous(suite_data, tmp_pat
             armed["log"] = name == "epoch-0002"
             return out
         monkeypatch.setattr(ck, "save_checkpoint", save_then_arm)
-    before = None
     ok = False
     try:
         res = invoke(train_args(suite_data / "data", suite_data / "hier.json", run))

@@ -24,9 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
-from faults import (TALLY, index_of, one_line, same_tensors, spawn, subprocess_env, train_args, weights)
+from faults import (TALLY, index_of, invoke, one_line, same_tensors, spawn, subprocess_env, train_args, weights)
 
 SEED = int(os.environ.get("HGLTR_FAULT_SEED", "2"))
 N_FAULTS = max(5, int(os.environ.get("HGLTR_FAULTS", "7")))
@@ -246,18 +245,7 @@ def test_crash_between_validation_and_its_checkpoint_after_an_end_of_epoch_stop(
     validation must be logged once, and the run must still equal the uninterrupted one."""
     import os as _os
 
-    from typer.testing import CliRunner
-
-    from hgltr_cli.cli import build_app
     from hgltr_cli.engine.loop import Trainer
-    from hgltr_cli.plugins import set_plugins
-
-    def invoke(argv):
-        set_plugins(None)
-        try:
-            return CliRunner().invoke(build_app(), [str(a) for a in argv])
-        finally:
-            set_plugins(None)
 
     run = tmp_path / "run"
     real_micro, real_save = Trainer._micro_loss, Trainer.save

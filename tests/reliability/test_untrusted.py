@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from faults import COUNTS, TALLY, index_of, make_dataset, one_line, write_hierarchy
-from hgltr_cli.cli import build_app
+from faults import invoke, COUNTS, TALLY, index_of, make_dataset, one_line, write_hierarchy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,16 +39,6 @@ def torch_zip_pickle(sentinel: Path, path: Path) -> Path:
     """A torch.save archive (what .pt/.pth/.bin files are) holding real tensors and the payload."""
     torch.save({"state_dict": {"visual.proj": torch.zeros(2, 2)}, "extra": Payload(sentinel)}, path)
     return path
-
-
-def invoke(argv):
-    from hgltr_cli.plugins import set_plugins
-
-    set_plugins(None)
-    try:
-        return CliRunner().invoke(build_app(), [str(a) for a in argv])
-    finally:
-        set_plugins(None)
 
 
 def refused(res, sentinel: Path, *needles: str, what: str) -> str:
