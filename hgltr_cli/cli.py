@@ -40,7 +40,7 @@ def build_app(load_plugin_commands: bool = False, plugins=None) -> typer.Typer:
     from hgltr_cli.commands import build_hierarchy, evaluate, export, inspect, predict, train
 
     app = typer.Typer(name="hgltr", help=HELP, no_args_is_help=True, add_completion=False,
-                      rich_markup_mode="rich", pretty_exceptions_enable=False,
+                      rich_markup_mode="markdown", pretty_exceptions_enable=False,
                       context_settings={"help_option_names": ["-h", "--help"]})
 
     @app.callback()

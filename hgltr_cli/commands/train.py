@@ -75,7 +75,24 @@ def register(app: typer.Typer) -> None:
         set_: SetOpt = None,
         print_config: PrintConfigOpt = False,
     ):
-        """Fine-tune CLIP with a PEFT method and the HGLTR losses; writes a run directory."""
+        """Fine-tune CLIP with a PEFT method and the HGLTR losses; writes a run directory.
+
+        Loss = L_cls (--loss, logit-adjusted by default) + alpha * L_mse + beta * L_dis (set with
+        --set hgltr.alpha=... / hgltr.beta=...; 0 switches a term off). The best checkpoint is chosen
+        on the validation split, never test. Ctrl-C writes a resumable checkpoint.
+
+        Examples:
+
+          hgltr train --dataset imagefolder --data-root DATA --hierarchy h.json --model ViT-B-16 --pretrained weights.safetensors --peft adapter --output runs/a
+
+          hgltr train --preset imagenet-lt --data-root ImageNet --hierarchy taxonomies/imagenet1k.json --pretrained weights.safetensors --output runs/inlt
+
+          hgltr train --resume runs/a
+
+          hgltr train --dry-run --hierarchy h.json --model ViT-B-16 --pretrained none --peft lora
+
+          hgltr train --peft lora --set peft.rank=16 --print-config > job.yaml
+        """
         from hgltr_cli.settings import TrainConfig
 
         values = dict(dataset=dataset, data_root=data_root, hierarchy=hierarchy, model=model, pretrained=pretrained,

@@ -33,6 +33,22 @@ def test_help_lists_every_command_and_imports_no_torch():
     assert proc.stdout.strip().endswith("TORCH-FREE")
 
 
+def test_command_help_teaches_with_rewrapped_paragraphs():
+    """Each job command shows examples; docstring paragraphs are re-flowed to the terminal (markdown
+    mode), so a line never ends mid-sentence just because the source wrapped there."""
+    from typer.testing import CliRunner
+
+    from hgltr_cli.cli import build_app
+
+    for command in ("build-hierarchy", "train", "eval", "predict", "export"):
+        res = CliRunner().invoke(build_app(), [command, "--help"], terminal_width=200, env={"COLUMNS": "200"})
+        assert res.exit_code == 0, res.output
+        assert "Examples" in res.output, command
+    res = CliRunner().invoke(build_app(), ["export", "--help"], env={"COLUMNS": "200"})
+    # "LoRA merged into the weights" is split over two source lines; re-flowed it reads as one line
+    assert "LoRA merged into the weights" in res.output
+
+
 def test_version_and_module_entry_point():
     from hgltr_cli import __version__
 
