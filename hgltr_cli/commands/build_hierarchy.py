@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
         plot: Annotated[Optional[str], typer.Option(help="Also write the LCA-distance heatmap (PNG), classes in tree order.")] = None,
         taxonomy: Annotated[Optional[str], typer.Option(help="file source: YAML/JSON tree, CSV/TSV level table, path list or Places365 table.", rich_help_panel="Source options")] = None,
         categories: Annotated[Optional[str], typer.Option(help="inat source: the dataset's categories.json.", rich_help_panel="Source options")] = None,
-        mapping: Annotated[Optional[str], typer.Option(help="wordnet source: CLASS<TAB>SYNSET file pinning plain or ambiguous names.", rich_help_panel="Source options")] = None,
+        mapping: Annotated[Optional[str], typer.Option(help="wordnet source: `CLASS<TAB>SYNSET` file pinning plain or ambiguous names.", rich_help_panel="Source options")] = None,
         dag_rule: Annotated[Optional[str], typer.Option(help="wordnet/file: longest-path, shortest-path or all-paths.", rich_help_panel="Source options")] = None,
         distance: Annotated[Optional[str], typer.Option(help="H for the summary and plot: pair-depth or lca-height.")] = None,
         config: ConfigOpt = None,

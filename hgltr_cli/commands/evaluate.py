@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
             help="Run directory of `hgltr train` (omit only with --zero-shot and a config).", show_default=False)] = None,
         split: Annotated[str, typer.Option(help="Split to evaluate: test or val.")] = "test",
         output: Annotated[Optional[str], typer.Option(
-            help="Folder for summary.json, per_class.csv and the plots [default: RUN_DIR/eval/<split>].")] = None,
+            help="Folder for summary.json, per_class.csv and the plots [default: `RUN_DIR/eval/<split>`].")] = None,
         tta: Annotated[str, typer.Option(
             help="Test-time augmentation: none, flip (image + mirror) or five-crop (corners + centre of an 8/7 "
                  "resize); logits are averaged.")] = "none",
