@@ -29,15 +29,26 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + np.ascontiguousarray(array).tobytes())
 
 
-def write_samples(src: Path, out: Path) -> None:
+def sample_indices(src: Path) -> list[int]:
+    """Index of the first test image of each class; fails before anything is written if a class has none."""
+    y = read_idx(_file(src, FILES["test_labels"]))
+    firsts = []
+    for c in range(len(CLASS_NAMES)):
+        hits = np.flatnonzero(y == c)
+        if not len(hits):
+            raise SystemExit(f"--samples: no test image of class {c} ({CLASS_NAMES[c]}) in {src}; "
+                             "use the full official test set or drop --samples")
+        firsts.append(int(hits[0]))
+    return firsts
+
+
+def write_samples(src: Path, out: Path, indices: list[int]) -> None:
     """The first test image of each class as `test-<index>-<class>.png` (the true class in the name)."""
     from PIL import Image
 
     x = read_idx(_file(src, FILES["test_images"]))
-    y = read_idx(_file(src, FILES["test_labels"]))
     out.mkdir(parents=True, exist_ok=True)
-    for c, name in enumerate(CLASS_NAMES):
-        i = int(np.flatnonzero(y == c)[0])
+    for i, name in zip(indices, CLASS_NAMES):
         Image.fromarray(x[i]).save(out / f"test-{i:05d}-{name.replace('/', '-').replace(' ', '_')}.png")
 
 
@@ -60,6 +71,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"class {c} has only {len(idx)} images (< --per-class {a.per_class})")
         keep.append(np.sort(rng.choice(idx, a.per_class, replace=False)))
     keep = np.sort(np.concatenate(keep))
+    firsts = sample_indices(src) if a.samples else None
     a.out.mkdir(parents=True, exist_ok=True)
     write_idx(a.out / FILES["train_images"], x[keep])
     write_idx(a.out / FILES["train_labels"], y[keep].astype(np.uint8))
@@ -67,7 +79,7 @@ def main(argv=None) -> int:
         f = _file(src, FILES[stem])
         shutil.copyfile(f, a.out / f.name)
     if a.samples:
-        write_samples(src, a.samples)
+        write_samples(src, a.samples, firsts)
     print(f"{a.out}: {len(keep)} train images ({a.per_class} per class, seed {a.seed}) + the official test set",
           file=sys.stderr)
     return 0

@@ -71,3 +71,33 @@ def test_cap_above_class_size_fails(source, tmp_path):
 
 def test_demo_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(REPO / "scripts" / "demo.sh")], check=True)
+
+
+def test_samples_writes_first_test_image_of_each_class(source, tmp_path):
+    from PIL import Image
+
+    d, x, y = source
+    # a test set holding every class, the first image of class c at a known index
+    tx, ty = x[::-1].copy(), y[::-1].copy()
+    _idx(d / "t10k-images-idx3-ubyte", tx, gz=False)
+    _idx(d / "t10k-labels-idx1-ubyte", ty, gz=False)
+    samples = tmp_path / "samples"
+    assert _load().main([str(tmp_path / "out"), "--per-class", "5", "--source", str(d), "--samples", str(samples)]) == 0
+    from hgltr_plugins.datasets.fashion_mnist_lt import CLASS_NAMES
+
+    files = sorted(samples.iterdir())
+    assert len(files) == 10 and all(f.suffix == ".png" for f in files)
+    for c, name in enumerate(CLASS_NAMES):
+        i = int(np.flatnonzero(ty == c)[0])
+        f = samples / f"test-{i:05d}-{name.replace('/', '-').replace(' ', '_')}.png"
+        assert np.array_equal(np.asarray(Image.open(f)), tx[i])  # the real pixels, lossless
+
+
+def test_samples_with_a_class_missing_from_test_fails_clearly(source, tmp_path):
+    d, x, y = source
+    keep = y != 9
+    _idx(d / "t10k-images-idx3-ubyte", x[keep], gz=False)
+    _idx(d / "t10k-labels-idx1-ubyte", y[keep], gz=False)
+    with pytest.raises(SystemExit, match="no test image of class 9"):
+        _load().main([str(tmp_path / "o"), "--per-class", "5", "--source", str(d), "--samples", str(tmp_path / "s")])
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()  # nothing half-written
