@@ -189,6 +189,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * t.epochs
         model = parts.model.to(self.device)
         self.model = model
+        if isinstance(parts.loss_fn, nn.Module):  # its buffers (priors, margins) on the device once, not per step
+            parts.loss_fn.to(self.device)
         self.compiled: nn.Module | None = None
         if getattr(t, "compile", False):  # in place: parameter names and state-dict keys stay the same
             self.compiled = image_trunk(model)
@@ -342,8 +344,8 @@ class Trainer:
                         loss, terms = self._micro_loss(images, targets, denoms[self.steps_in_epoch], z)
                         loss.backward()
                     finite = torch.isfinite(terms)
-                    bad = torch.where((bad < 0) & ~finite, torch.full_like(bad, self.step + 1), bad)
-                    sums[:3] += torch.where(finite, terms, torch.zeros_like(terms))
+                    bad = torch.where((bad < 0) & ~finite, self.step + 1, bad)
+                    sums[:3] += torch.where(finite, terms, 0.0)
                     sums[3] += 1
                     micro += 1
                     if not last_micro:
@@ -357,10 +359,10 @@ class Trainer:
                     at_log = self.step % self.log_every == 0 or self.steps_in_epoch == self.steps_per_epoch
                     if at_log or (stop.set and not self.ctx.enabled):
                         flag = torch.tensor([1.0 if stop.set else 0.0], device=self.device)
-                        self._sync_log(sums, bad, flag, epoch, t0, seen0, progress, task)
+                        stop_now = self._sync_log(sums, bad, flag, epoch, t0, seen0, progress, task)
                         t0, seen0 = time.perf_counter(), self.step
                         sums.zero_()
-                        if bool(flag.item() > 0):
+                        if stop_now:
                             self._interrupt(stop.signame or "SIGTERM")
                 if self.cache is not None and epoch == 0 and epoch + 1 < t.epochs:
                     self._complete_cache(from_disk=False)  # before the epoch-1 checkpoint names it
@@ -475,9 +477,10 @@ class Trainer:
         if self.console is not None and self.ctx.is_main:
             self.console.print(msg, markup=False, soft_wrap=True)
 
-    def _sync_log(self, sums, bad, flag, epoch, t0, seen0, progress, task) -> None:
-        """The one host sync per log interval: reduce across ranks, check NaN/Inf, log, poll stop."""
-        n_rank = sums[3].clone()
+    def _sync_log(self, sums, bad, flag, epoch, t0, seen0, progress, task) -> bool:
+        """The one host sync per log interval: reduce across ranks, check NaN/Inf, log, poll stop.
+
+        Returns whether any rank asked to stop (`flag` summed across ranks)."""
         packed = torch.cat([sums, flag, (bad >= 0).float()])
         self.ctx.all_reduce_sum(packed)
         if self.ctx.enabled:  # the first bad step per term, across ranks
@@ -486,7 +489,6 @@ class Trainer:
             bad = torch.where(big < (1 << 62), big, torch.full_like(big, -1))
         vals = packed.tolist()
         bad_steps = bad.tolist()
-        flag.fill_(vals[4])
         hits = [(int(bad_steps[i]), i) for i in range(len(TERMS)) if vals[5 + i] > 0]
         if hits:  # name the term that went bad first (ties: the order L_cls, L_mse, L_dis)
             step, i = min(hits)
@@ -500,10 +502,10 @@ class Trainer:
                "loss": total, **terms, "images_per_s": imgs / dt, "time": time.time()}
         self.log(rec)
         self.last_terms = rec
-        del n_rank
         progress.update(task, terms=f"loss {total:.4f} cls {terms['l_cls']:.4f} mse {terms['l_mse']:.4f} "
                                     f"dis {terms['l_dis']:.4f}", speed=f"{imgs / dt:.1f} img/s",
                         description=f"epoch {epoch + 1}/{self.cfg.train.epochs}")
+        return vals[4] > 0
 
     def _non_finite(self, term: str, step: int, epoch: int) -> None:
         last = None
