@@ -161,6 +161,19 @@ def _prepare_output(output: Path, force: bool) -> tuple[bool, Path]:
             if not (force and (output / MANIFEST).is_file()):
                 raise HgltrError(f"--output {str(output)!r} is not empty.",
                                  "Pick a new or empty folder (or --force to replace a bundle exported there before).")
+            # --force deletes what is there: only a real bundle, and nothing beside its own files
+            from hgltr_cli.bundle import read_manifest
+
+            try:
+                old = read_manifest(output)
+            except HgltrError as exc:
+                raise HgltrError(f"--force: {str(output)!r} holds a {MANIFEST} that is not an hgltr bundle's "
+                                 f"({exc.message}); nothing was removed.", "Pick a new or empty --output folder.") from None
+            extra = sorted(e.name for e in entries if e.name != MANIFEST and e.name not in old["files"])
+            if extra:
+                raise HgltrError(f"--force: {str(output)!r} holds files that are not part of its bundle "
+                                 f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}); nothing was removed.",
+                                 "Move them away, or pick a new or empty --output folder.")
     output.mkdir(parents=True, exist_ok=True)
     staging = output / f"{STAGING_PREFIX}{os.getpid()}"
     if staging.exists():

@@ -138,6 +138,17 @@ def test_force_replaces_a_bundle(tiny, tmp_path):
     ok("export", tiny["run"], "-f", "onnx", "--output", out)
     ok("export", tiny["run"], "-f", "safetensors", "--output", out, "--force")
     assert sorted(p.name for p in out.iterdir()) == ["hierarchy.json", "manifest.json", "model.safetensors"]
+    # --force never deletes what is not the bundle's: a stray file, or a folder whose manifest.json is not a bundle's
+    (out / "notes.txt").write_text("mine")
+    res = invoke("export", tiny["run"], "-f", "safetensors", "--output", out, "--force")
+    assert res.exit_code != 0 and "notes.txt" in res.stderr and (out / "notes.txt").read_text() == "mine"
+    other = tmp_path / "project"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"name": "my web app"}')
+    (other / "index.js").write_text("x")
+    res = invoke("export", tiny["run"], "-f", "safetensors", "--output", other, "--force")
+    assert res.exit_code != 0 and "not an hgltr bundle" in res.stderr
+    assert sorted(p.name for p in other.iterdir()) == ["index.js", "manifest.json"]
 
 
 def test_exporters_are_plugins_with_typed_configs():
