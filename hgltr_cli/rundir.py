@@ -92,20 +92,7 @@ class RunDir:
             raise self.write_error(exc, self.metrics) from None
 
     def write_error(self, exc: OSError, path: Path) -> HgltrError:
-        import errno
-
-        last = None
-        try:
-            last = json.loads((self.checkpoints / "index.json").read_text(encoding="utf-8")).get("last")
-        except (OSError, ValueError):
-            pass
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        what = "the disk is full" if full else (exc.strerror or str(exc))
-        kept = f" The last checkpoint {last!r} is intact." if last else " No checkpoint was written yet."
-        return HgltrError(f"could not write {str(path)!r}: {what}.{kept}",
-                          (f"Free some space, then continue with: hgltr train --resume {self.path}" if last else
-                           "Free some space and start the run again.") if full
-                          else "Check the output directory's permissions and space.")
+        return write_error(exc, repr(str(path)), self.path)
 
     def trim_metrics(self, up_to_step: int, completed_epochs: int | None = None) -> None:
         """Drop records the checkpoint being resumed does not cover (the resumed run logs them again).
@@ -177,6 +164,33 @@ class RunDir:
             raise HgltrError(f"run directory {str(self.path)!r} has no {HIERARCHY}.",
                              "The run is incomplete; train it again.")
         return load_hierarchy(self.hierarchy)
+
+
+def write_error(exc: OSError, target: str, run_dir: str | os.PathLike, last: Any = ...) -> HgltrError:
+    """The one error for a failed write in a run directory (checkpoints, metrics, config, env):
+    what failed and why, which checkpoint is still intact, and how to go on.
+
+    `last` is the index's last checkpoint (None: none yet); read from index.json when not given.
+    A full disk suggests `--resume` whenever the run's config.yaml exists (resume then continues
+    from `last`, or starts the run over when there is none); otherwise a fresh start."""
+    import errno
+
+    run_dir = Path(run_dir)
+    if last is ...:
+        try:
+            last = json.loads((run_dir / CHECKPOINTS / "index.json").read_text(encoding="utf-8")).get("last")
+        except (OSError, ValueError, AttributeError):
+            last = None
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = "the disk is full" if full else (exc.strerror or str(exc))
+    kept = f" The previous checkpoint {last!r} is intact." if last else " No checkpoint was written yet."
+    if not full:
+        hint = "Check the output directory's permissions and space."
+    elif (run_dir / CONFIG).is_file():
+        hint = f"Free some space, then continue with: hgltr train --resume {run_dir}"
+    else:
+        hint = "Free some space and start the run again."
+    return HgltrError(f"could not write {target}: {what}.{kept}", hint)
 
 
 def _json_default(obj: Any):

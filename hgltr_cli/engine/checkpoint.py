@@ -81,12 +81,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def disk_error(exc: OSError, where: Path, previous: str | None) -> HgltrError:
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    what = "the disk is full" if full else f"{exc.strerror or exc}"
-    prev = f" The previous checkpoint {previous!r} is intact." if previous else ""
-    return HgltrError(f"could not write a checkpoint under {str(where)!r}: {what}.{prev}",
-                      ("Free some space, then continue with: hgltr train --resume " + str(where.parent.parent))
-                      if full else "Check the output directory's permissions and space.")
+    """A failed checkpoint write under RUN/checkpoints/NAME, worded as every run-directory write error."""
+    from hgltr_cli.rundir import write_error
+
+    return write_error(exc, f"a checkpoint under {str(where)!r}", where.parent.parent, previous)
 
 
 def _is_disk_full(exc: BaseException) -> bool:

@@ -180,6 +180,25 @@ def test_full_disk_fails_cleanly_and_keeps_previous(tmp_path, monkeypatch):
     assert ckpt.load_checkpoint(tmp_path / "checkpoints", "last")["state"]["epoch"] == 1
 
 
+def test_write_errors_share_one_wording_and_point_to_resume(tmp_path):
+    """Checkpoint and metrics writes fail with the same message; with config.yaml written, a full disk
+    before the first checkpoint still says --resume (a fresh start into that folder is refused)."""
+    from hgltr_cli.rundir import write_error
+
+    run = RunDir(tmp_path / "run").create()
+    run.config.write_text("train: {}\n", encoding="utf-8")
+    full = OSError(errno.ENOSPC, "No space left on device")
+    err = run.write_error(full, run.metrics)
+    assert "disk is full" in err.message and "No checkpoint was written yet" in err.message
+    assert f"hgltr train --resume {run.path}" in err.hint
+    err = ckpt.disk_error(full, run.checkpoints / "epoch-0002", "epoch-0001")
+    assert "a checkpoint under" in err.message and "The previous checkpoint 'epoch-0001' is intact" in err.message
+    assert f"hgltr train --resume {run.path}" in err.hint
+    assert "start the run again" in write_error(full, "'x'", tmp_path / "no-run", None).hint
+    denied = write_error(OSError(errno.EACCES, "Permission denied"), "'x'", run.path, None)
+    assert "Permission denied" in denied.message and "permissions" in denied.hint
+
+
 def test_validation_selects_best_checkpoint(tmp_path, monkeypatch):
     scores = iter([0.5, 0.9, 0.7])
     monkeypatch.setattr(Trainer, "validate", lambda self: {"val_top1": next(scores)})
