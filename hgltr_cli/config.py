@@ -232,8 +232,13 @@ def resolve(schema_cls: type, layers: list[dict], plugins=None) -> ResolvedConfi
     for layer in layers:
         if not isinstance(layer, dict):
             raise ConfigError(f"a config layer must be a mapping of sections, got {layer!r}.")
-        for key, value in layer.items():  # a scalar where a section belongs would break the merge
-            if key in section_names and value is not None and not isinstance(value, dict):
+        layer = dict(layer)
+        for key, value in layer.items():
+            if key not in section_names:
+                continue
+            if value is None:  # an empty section in YAML ("train:") adds nothing: earlier layers stay
+                layer[key] = {}
+            elif not isinstance(value, dict):  # a scalar where a section belongs would break the merge
                 raise ConfigError(f"config section {key!r} must be a mapping, got {value!r}.",
                                   f"Write it as `{key}:` followed by indented `key: value` lines.")
         merged = deep_merge(merged, layer)
@@ -246,13 +251,7 @@ def resolve(schema_cls: type, layers: list[dict], plugins=None) -> ResolvedConfi
     sections: dict[str, Any] = {}
     options: dict[str, Any] = {}
     for name, sec_cls in section_types.items():
-        given = merged.get(name, {})
-        if given is None:  # an empty section in YAML ("train:") means "all defaults"
-            given = {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"config section {name!r} must be a mapping, got {given!r}.",
-                              f"Write it as `{name}:` followed by indented `key: value` lines.")
-        data = deep_merge(defaults.get(name, {}) or {}, given)
+        data = deep_merge(defaults.get(name, {}) or {}, merged.get(name, {}))
         kind = getattr(sec_cls, "COMPONENT_KIND", None)
         if kind is None:
             sections[name] = build_dataclass(sec_cls, data, name)

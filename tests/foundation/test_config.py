@@ -131,3 +131,23 @@ def test_config_yaml_is_safe_loaded(tmp_path, plugins):
     with pytest.raises(ConfigError):
         build_layers(None, [str(evil)], None, None)
     assert yaml.safe_dump({"a": 1})  # sanity: yaml importable
+
+
+def test_an_empty_section_keeps_earlier_layers(plugins, tmp_path):
+    """`train:` with every key commented out adds nothing; it must not erase a preset's or an
+    earlier file's values for that section."""
+    first = tmp_path / "a.yaml"
+    first.write_text("train: {lr: 0.5, epochs: 3}\n")
+    empty = tmp_path / "b.yaml"
+    empty.write_text("train:\n  # lr: 0.2\npeft:\n")
+    cfg = resolve(Schema, build_layers({"train": {"nesterov": False}}, [str(first), str(empty)], None, None),
+                  plugins=plugins)
+    assert cfg.train.lr == 0.5 and cfg.train.epochs == 3 and cfg.train.nesterov is False
+    assert cfg.peft.name == "adapter"
+
+
+def test_a_scalar_section_is_an_error_naming_it(plugins, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: 5\n")
+    with pytest.raises(ConfigError, match="'train' must be a mapping"):
+        resolve(Schema, build_layers(None, [str(bad)], None, None), plugins=plugins)
