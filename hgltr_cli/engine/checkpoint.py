@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -60,20 +60,28 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file, fsync and rename (never a half-written file)."""
+def atomic_write_file(path: str | Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` fills a temporary file beside `path`; it is fsynced and renamed onto `path`
+    (never a half-written file), or removed if anything fails."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        _fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (temporary file, fsync, rename)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # builtins.open: the fault-injection tests intercept it
+            f.write(data)
+
+    atomic_write_file(path, write)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -222,7 +222,7 @@ def save_cache(cache: FeatureCache, directory: str | os.PathLike, key: dict) -> 
     """Write a complete cache: features (tmp file, fsync, rename), then the sidecar with its sha256."""
     from safetensors.torch import save_file
 
-    from hgltr_cli.engine.checkpoint import atomic_write_json, fsync_dir
+    from hgltr_cli.engine.checkpoint import atomic_write_file, atomic_write_json
     from hgltr_cli.hashing import sha256_file
 
     if cache.features is None or not cache.complete():
@@ -230,18 +230,10 @@ def save_cache(cache: FeatureCache, directory: str | os.PathLike, key: dict) -> 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / FEATURES_FILE
-    tmp = directory / f".{FEATURES_FILE}.tmp-{os.getpid()}"
     meta = directory / META_FILE
-    try:
-        meta.unlink(missing_ok=True)  # never a sidecar describing another features file
-        save_file({"features": cache.features.detach().cpu().contiguous()}, str(tmp), metadata={"format": CACHE_FORMAT})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(directory)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    meta.unlink(missing_ok=True)  # never a sidecar describing another features file
+    features = cache.features.detach().cpu().contiguous()
+    atomic_write_file(path, lambda tmp: save_file({"features": features}, str(tmp), metadata={"format": CACHE_FORMAT}))
     atomic_write_json(meta, {"format": CACHE_FORMAT, "file": FEATURES_FILE, "sha256": sha256_file(path),
                              "dtype": str(cache.features.dtype).replace("torch.", ""), "key": key})
     return path
