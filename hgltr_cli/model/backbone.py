@@ -15,7 +15,8 @@ arguments it accepts among ``pretrained`` (the user's value) and ``device``, and
 either an open_clip model config dict (the JSON schema of open_clip's model_configs, or
 ``{"model_cfg": ..., "preprocess_cfg": ...}``), which hgltr builds and loads exactly like a
 built-in architecture, or a ready open_clip ``CLIP``/``CustomTextCLIP`` module whose weights
-the factory loaded itself (hgltr then only freezes it). Optional registration extras:
+the factory loaded itself (hgltr then only freezes it; a ``hgltr_info["weights_id"]`` attribute on it,
+e.g. ``sha256:...`` of the weight files, keys the text-feature cache). Optional registration extras:
 ``preprocess={"mean":..., "std":...}``, ``tokenizer=callable() -> tokenizer``.
 """
 from __future__ import annotations
@@ -386,7 +387,13 @@ def load_backbone(name: str, pretrained: Optional[str] = None, *, allow_torchscr
     weights_id = "none"
     tag_cfg: dict = {}
     if ready_model is not None:
-        weights_id = f"plugin:{name}:{pretrained}"
+        # the text-feature cache is keyed by weights_id: take the plugin's content id (file hashes +
+        # recipe) when it gives one; a random-init build is 'none' (never cached), as for open_clip
+        plugin_id = (getattr(ready_model, "hgltr_info", None) or {}).get("weights_id")
+        if pretrained.lower() in NO_WEIGHTS:
+            weights_id = "none"
+        else:
+            weights_id = str(plugin_id) if plugin_id else f"plugin:{name}:{pretrained}"
     elif pretrained.lower() not in NO_WEIGHTS:
         expanded = os.path.expanduser(pretrained)
         if os.path.isfile(expanded):

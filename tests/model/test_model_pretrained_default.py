@@ -60,3 +60,13 @@ def test_quickstart_default_is_the_wheels(make_cfg, plugins):
     assert bb.pretrained == quickstart.DEFAULT_PRETRAINED
     assert bb.model.hgltr_info["weights_id"] == quickstart.weights_id(quickstart.DEFAULT_PRETRAINED)
     assert bb.model.hgltr_info["weights_id"] != quickstart.weights_id("none")
+    # the text-feature cache is keyed by the plugin's content id, not by the `--pretrained` string
+    assert bb.weights_id == bb.model.hgltr_info["weights_id"]
+
+
+def test_plugin_random_init_is_never_cached(plugins):
+    """A random-init plugin model gets weights_id 'none', so its text features are not cached
+    (a second run would otherwise reuse features of a different random text encoder)."""
+    from hgltr_plugins.models import quickstart
+
+    assert load_backbone(quickstart.MODEL_NAME, "none", plugins=plugins).weights_id == "none"
