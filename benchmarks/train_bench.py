@@ -11,7 +11,6 @@ backward, no autocast, no fused attention, loss terms recomputed with plain torc
 from __future__ import annotations
 
 import copy
-import math
 from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
@@ -291,7 +290,12 @@ class count_text_calls:
 
 
 def run_train_case(case: dict, plugins) -> dict:
-    """One (method, precision) training measurement; with case['naive'] also the naive reference."""
+    """One (method, precision) training measurement of hgltr's engine alone (optionally under torch.compile).
+
+    Cases with a naive reference go through benchmarks.paired.run_paired_case, which interleaves the
+    two loops' steps so both see the same machine load."""
+    if case.get("naive"):
+        raise ValueError("a case with a naive reference goes through benchmarks.paired.run_paired_case")
     device = torch.device(case.get("device", "cpu"))
     model, method, batch, precision = case["model"], case["peft"], case["batch"], case["precision"]
     K = case.get("classes", 1000)
@@ -319,21 +323,6 @@ def run_train_case(case: dict, plugins) -> dict:
         fl = step_flops(engine, batch, size, K, device)
         out["flops"] = fl
         out["hgltr"]["achieved_gflops"] = stats([fl["per_step"] / t / 1e9 for t in times])
-    if case.get("naive"):
-        del engine  # free the engine's memory before the reference runs
-        import gc
-        gc.collect()
-        ref_engine = EngineBench(model, method, batch, "fp32", K, plugins, device)
-        naive = NaiveBench(ref_engine, plugins)
-        diff = abs(ref_engine.loss_value() - naive.loss_value())
-        del ref_engine
-        gc.collect()
-        with PeakMemory(device) as mem:
-            times_n = time_repeats(naive.step, device, warmup, repeats)
-        out["naive"] = {"step_s": stats(times_n), "images_per_s": stats([batch / t for t in times_n]),
-                        "memory": mem.result(), "loss_abs_diff_vs_hgltr_fp32": diff,
-                        "what": "open_clip.create_model default blocks (nn.MultiheadAttention), same PEFT modules, "
-                                "heads and losses, eager fp32, plain loop"}
     return out
 
 
