@@ -115,8 +115,11 @@ class EpochSampler(Sampler):
         self.drop_last = drop_last
         self.total = int(num_samples if num_samples is not None else len(self.labels))
         self.epoch = 0
-        if mode == "class-balanced":
-            self._by_class = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+        if mode == "class-balanced":  # each present class's sample indices, concatenated, with offsets
+            by_class = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+            self._class_sizes = np.array([len(ix) for ix in by_class], dtype=np.int64)
+            self._class_starts = np.concatenate([[0], np.cumsum(self._class_sizes)[:-1]]).astype(np.int64)
+            self._class_members = np.concatenate(by_class).astype(np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -130,10 +133,9 @@ class EpochSampler(Sampler):
             order = rng.permutation(len(self.labels))[:n] if n <= len(self.labels) else \
                 rng.integers(0, len(self.labels), size=n)
         else:
-            cls = rng.integers(0, len(self._by_class), size=n)
-            sizes = np.array([len(ix) for ix in self._by_class])
-            pos = (rng.random(n) * sizes[cls]).astype(np.int64)
-            order = np.array([self._by_class[c][p] for c, p in zip(cls, pos)], dtype=np.int64)
+            cls = rng.integers(0, len(self._class_sizes), size=n)
+            pos = (rng.random(n) * self._class_sizes[cls]).astype(np.int64)
+            order = self._class_members[self._class_starts[cls] + pos]
         seeds = rng.integers(0, 2**62, size=len(order), dtype=np.int64)
         return order, seeds
 

@@ -13,6 +13,7 @@ Importing this module does not import torch.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -166,7 +167,7 @@ class DatasetSource:
         k = len(self.class_names)
         if k == 0:
             raise HgltrError(f"dataset {self.name!r} has no classes.", "Check --data-root and the dataset layout.")
-        dup = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
+        dup = sorted(c for c, n in Counter(self.class_names).items() if n > 1)  # linear, not O(K^2)
         if dup:
             raise HgltrError(f"dataset {self.name!r} has duplicate class names: {', '.join(dup)}.",
                              "Class names must be unique; fix the class-name file.")

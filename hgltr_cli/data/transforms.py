@@ -45,6 +45,7 @@ class ImageTransform:
         self.pil_ops = list(pil_ops)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self._stats = None  # mean/std tensors, made on first use (keeps construction torch-free)
 
     def pil(self, img):
         for op in self.pil_ops:
@@ -61,9 +62,10 @@ class ImageTransform:
     def normalize(self, x):
         """uint8 (3, H, W) or (B, 3, H, W) -> float32 ((x / 255) - mean) / std, as ToTensor + Normalize."""
         import torch
-        shape = (-1, 1, 1) if x.dim() == 3 else (1, -1, 1, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(shape)
-        std = torch.tensor(self.std, dtype=torch.float32).view(shape)
+        if getattr(self, "_stats", None) is None:  # built once, not per batch
+            self._stats = (torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1),
+                           torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1))
+        mean, std = self._stats  # (3, 1, 1) broadcasts over (3, H, W) and (B, 3, H, W) alike
         return x.to(torch.float32).div_(255).sub_(mean).div_(std)
 
     def __call__(self, img):
