@@ -54,7 +54,7 @@ def read_list(path: Path, image_root: Path, num_classes: Optional[int]) -> FileS
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise HgltrError(f"list file {path} is not UTF-8 text.") from None
+        raise HgltrError(f"list file {path} is not UTF-8 text.", "Save it as UTF-8 (e.g. with iconv).") from None
     paths, labels, origins = [], [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         s = line.strip()
@@ -81,7 +81,11 @@ def read_class_names(path: Path) -> list[str]:
     """One name per line in label order, or 'label name' lines (any order, every label once)."""
     if not path.is_file():
         raise HgltrError(f"class-name file {path} does not exist.", "Check dataset.class_names.")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HgltrError(f"class-name file {path} is not UTF-8 text.", "Save it as UTF-8 (e.g. with iconv).") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     numbered = [re.fullmatch(r"(\d+)[\s,:]+(.+)", ln) for ln in lines]
     if lines and all(numbered):
         by_label: dict[int, str] = {}

@@ -153,6 +153,9 @@ def test_split_file_malformed_and_missing(tmp_path, plugins):
     _lt_files(tmp_path, {"train.txt": ["a.png 0"]})
     with pytest.raises(HgltrError, match="test list"):
         make(plugins, "split-file", tmp_path, test_list="custom_test.txt")
+    (tmp_path / "names.txt").write_bytes("caf\xe9\n".encode("latin-1"))  # not UTF-8: a clean error, no traceback
+    with pytest.raises(HgltrError, match="class-name file .*names.txt is not UTF-8"):
+        make(plugins, "split-file", tmp_path, class_names="names.txt")
 
 
 # ---------------------------------------------------------------- cifar100-lt
