@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Optional
 
 import typer
@@ -150,18 +151,31 @@ def register(app: typer.Typer) -> None:
         b = resolved.build
         if not b.output:
             raise HgltrError("no output file given.", "Pass --output FILE.json (or set build.output).")
+        for flag, target, example in (("--output", b.output, "hierarchy.json"), ("--plot", b.plot, "hierarchy.png")):
+            if target and Path(target).is_dir():
+                raise HgltrError(f"{flag} {target!r} is a directory.",
+                                 f"Give a file name, e.g. {flag} {Path(target) / example}.")
         comp = plugins.get("hierarchies", resolved.source.name)
         keys, names = read_class_list(b.classes) if b.classes else (None, None)
         hier = comp.factory(resolved.options.get("source"), keys)
         if names and any(names):
             hier = hier.with_names(names)
         stats = hier.summary(b.distance)  # computes H: a broken hierarchy fails before anything is written
-        written = str(hier.save(b.output))
+        try:
+            written = str(hier.save(b.output))
+        except OSError as exc:
+            raise HgltrError(f"could not write the hierarchy to {b.output!r}: {exc.strerror or exc}.",
+                             "Check that its folder is writable and has space.") from None
         plotted = None
         if b.plot:
             from hgltr_cli.hierarchy.plot import plot_heatmap
 
-            plotted = str(plot_heatmap(hier, b.plot, kind=b.distance))
+            try:
+                plotted = str(plot_heatmap(hier, b.plot, kind=b.distance))
+            except OSError as exc:
+                raise HgltrError(f"could not write the heatmap to {b.plot!r}: {exc.strerror or exc}. "
+                                 f"The hierarchy itself was written to {written}.",
+                                 "Give another --plot path, or drop --plot.") from None
         from hgltr_cli.console import out
 
         out.print(tree_preview(hier, b.preview_depth, b.preview_children))

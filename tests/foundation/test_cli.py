@@ -101,3 +101,32 @@ def test_print_config_round_trips_through_a_file(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(first)
     assert run("train", "--config", str(path), "--print-config").stdout == first
+
+
+def test_build_hierarchy_unwritable_outputs_are_clean_errors(tmp_path):
+    """A folder given as --output/--plot, or a path that cannot be written, is an error naming it
+    (no traceback, no stray .tmp file); a failed heatmap says the hierarchy itself was written."""
+    from typer.testing import CliRunner
+
+    from hgltr_cli.cli import build_app
+
+    def build(*args):
+        return CliRunner().invoke(build_app(), ["build-hierarchy", "--source", "cifar100", *map(str, args)],
+                                  env={"COLUMNS": "300"})
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    res = build("--output", folder)
+    assert res.exit_code == 1 and "is a directory" in res.output and "hierarchy.json" in res.output
+    assert list(tmp_path.iterdir()) == [folder] and not any(folder.iterdir())
+    res = build("--output", tmp_path / "h.json", "--plot", folder)
+    assert res.exit_code == 1 and "--plot" in res.output and not (tmp_path / "h.json").exists()
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    res = build("--output", blocker / "h.json")  # parent is a file: mkdir fails
+    assert res.exit_code == 1 and "could not write the hierarchy" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    res = build("--output", tmp_path / "h.json", "--plot", blocker / "h.png")
+    assert res.exit_code == 1 and "could not write the heatmap" in res.output and "was written" in res.output
+    assert (tmp_path / "h.json").is_file()
