@@ -193,13 +193,6 @@ class LoRA(PeftMethod):
                              f"blocks of {trunk.model_name!r}.", "Pick other blocks or --set peft.convs=pw,pwl.")
         self.applied = True
 
-    def learnable_parameters(self):
-        for mod in self.modules:
-            if isinstance(mod, LoRAConv1x1):
-                yield from mod.lora.parameters()
-            else:
-                yield from (*mod.lora_q.parameters(), *mod.lora_v.parameters())
-
     def merge(self) -> None:
         for mod in self.modules:
             mod.merge()
