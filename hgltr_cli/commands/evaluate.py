@@ -245,7 +245,11 @@ def register(app: typer.Typer) -> None:
         from hgltr_cli.model.hgltr_model import resolve_device
 
         if split not in ("test", "val", "train"):
-            raise HgltrError(f"unknown --split {split!r}.", "Use test or val.")
+            raise HgltrError(f"unknown --split {split!r}.", "Use test or val (or train).")
+        if tta not in TTA:  # checked again in evaluate(); here before the model is built
+            raise HgltrError(f"unknown --tta {tta!r}.", f"Use one of: {', '.join(TTA)}.")
+        if batch_size < 1:
+            raise HgltrError(f"--batch-size must be >= 1, got {batch_size}.")
         flags = dict(dataset=dataset, data_root=data_root, hierarchy=hierarchy, model=model, pretrained=pretrained)
         dev = str(resolve_device(device))
         meta: dict[str, Any] = {"zero_shot": zero_shot}

@@ -147,6 +147,10 @@ def register(app: typer.Typer) -> None:
         from hgltr_cli.console import err, out
         from hgltr_cli.model.hgltr_model import resolve_device
 
+        if top_k < 1:  # checked again in predict_files; here before the model is loaded
+            raise HgltrError(f"--top-k must be >= 1, got {top_k}.")
+        if batch_size < 1:
+            raise HgltrError(f"--batch-size must be >= 1, got {batch_size}.")
         dev = str(resolve_device(device))
         predictor = load_predictor(target, dev, checkpoint)
         files = expand_inputs(images)

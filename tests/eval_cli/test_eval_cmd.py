@@ -142,6 +142,10 @@ def test_eval_errors_name_the_input(tiny, tmp_path):
     assert res.exit_code != 0 and "does not exist" in res.stderr
     res = invoke("eval", tiny["run"], "--tta", "ten-crop")
     assert res.exit_code != 0 and "ten-crop" in res.stderr
+    res = invoke("eval", tiny["run"], "--split", "holdout")
+    assert res.exit_code != 0 and "holdout" in res.stderr and "test or val" in res.stderr
+    res = invoke("eval", tiny["run"], "--batch-size", 0)
+    assert res.exit_code != 0 and "--batch-size must be >= 1" in res.stderr
     res = invoke("eval", tiny["run"], "--model", "x")
     assert res.exit_code != 0 and "--model" in res.stderr
     res = invoke("eval")

@@ -125,6 +125,14 @@ def test_tampered_or_crafted_bundles_are_refused(bundle, tmp_path, images):
     assert res.exit_code != 0 and "neither a run directory" in res.stderr
 
 
+def test_bad_top_k_and_batch_size_name_the_option(tiny, images, tmp_path):
+    img = sorted(images.iterdir())[0]
+    res = invoke("predict", tiny["run"], img, "--top-k", 0)
+    assert res.exit_code == 1 and "--top-k must be >= 1, got 0" in res.stderr
+    res = invoke("predict", tiny["run"], img, "--batch-size", 0)
+    assert res.exit_code == 1 and "--batch-size must be >= 1, got 0" in res.stderr
+
+
 def test_bundles_load_without_any_unpickling(bundle, monkeypatch):
     import pickle
 
