@@ -97,6 +97,9 @@ def register(app: typer.Typer) -> None:
 
         values = dict(dataset=dataset, data_root=data_root, hierarchy=hierarchy, model=model, pretrained=pretrained,
                       peft=peft, loss=loss, epochs=epochs, batch_size=batch_size, seed=seed, output=output)
+        if as_json and not dry_run:
+            raise HgltrError("--json only applies to --dry-run.",
+                             "Add --dry-run, or drop --json (a run logs to RUN_DIR/metrics.jsonl).")
         if resume:
             given = [k.replace("_", "-") for k, v in values.items() if v is not None]
             if given or config or set_ or preset:

@@ -130,3 +130,9 @@ def test_build_hierarchy_unwritable_outputs_are_clean_errors(tmp_path):
     res = build("--output", tmp_path / "h.json", "--plot", blocker / "h.png")
     assert res.exit_code == 1 and "could not write the heatmap" in res.output and "was written" in res.output
     assert (tmp_path / "h.json").is_file()
+
+
+def test_train_json_without_dry_run_is_refused():
+    """`--json` only shapes --dry-run's output; a real run must not start with it silently ignored."""
+    proc = run("train", "--json", "--output", "runs/never", check=False)
+    assert proc.returncode == 1 and "--dry-run" in proc.stderr and "Traceback" not in proc.stderr
