@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 
-from hgltr_cli.errors import HgltrError, did_you_mean
+from hgltr_cli.errors import ConfigError, did_you_mean
 
 _COMMON_TRAIN = {"batch_size": 512, "precision": "fp32", "sampler": "random", "warmup_epochs": 0.0}
 _SGD = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
@@ -55,6 +55,6 @@ def get_preset(name: str | None) -> dict | None:
     if not name:
         return None
     if name not in PRESETS:
-        raise HgltrError(f"unknown preset {name!r}.{did_you_mean(name, PRESETS)}",
+        raise ConfigError(f"unknown preset {name!r}.{did_you_mean(name, PRESETS)}",
                          f"Presets: {', '.join(PRESETS)}.")
     return copy.deepcopy(PRESETS[name])

@@ -94,6 +94,8 @@ def test_config_errors_exit_2_with_the_key_named():
     proc = run("train", "--set", "train.lrr=1", "--print-config", check=False)
     assert proc.returncode == 2
     assert "train.lr" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("train", "--preset", "imagenet", "--print-config", check=False)  # a config error like the rest
+    assert proc.returncode == 2 and "imagenet-lt" in proc.stderr
 
 
 def test_print_config_round_trips_through_a_file(tmp_path):
