@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import numpy as np
 import pytest
 import torch
@@ -150,3 +151,21 @@ def test_eval_errors_name_the_input(tiny, tmp_path):
     assert res.exit_code != 0 and "--model" in res.stderr
     res = invoke("eval")
     assert res.exit_code != 0 and "RUN_DIR" in res.stderr
+
+
+def test_bad_images_stop_the_eval_or_are_skipped_and_listed(tiny, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny["data"], data)
+    bad = sorted((data / "test" / "cat").iterdir())[0]
+    bad.write_bytes(b"not an image")
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run, ignore=shutil.ignore_patterns("eval"))
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace(str(tiny["data"]), str(data)))
+    res = invoke("eval", run, "--no-skip-bad-images", "--no-progress", "--device", "cpu")
+    assert res.exit_code != 0 and bad.name in res.stderr
+    assert not (run / "eval" / "test" / "summary.json").exists()
+    res = ok("eval", run, "--skip-bad-images", "--no-progress", "--device", "cpu")
+    assert "skipped 1 bad image file" in res.stderr and str(bad) in res.stderr
+    meta = json.loads((run / "eval" / "test" / "summary.json").read_text())["meta"]
+    assert meta["bad_images"]["count"] == 1 and meta["images"] == len(CLASSES) * TEST_PER_CLASS - 1
