@@ -24,12 +24,13 @@ def register_hierarchy_sources(register):
 
 @hookspec
 def register_peft_methods(register):
-    """Register PEFT methods: factory(config) -> object that inserts modules into a backbone."""
+    """Register PEFT methods: factory(options) -> hgltr_cli.model.peft_api.PeftMethod (docs/models.md)."""
 
 
 @hookspec
 def register_losses(register):
-    """Register classification losses (L_cls): factory(config, class_counts) -> nn.Module."""
+    """Register classification losses (L_cls): factory(options, class_counts) -> nn.Module, called as
+    loss(logits, targets)."""
 
 
 @hookspec
@@ -39,7 +40,8 @@ def register_exporters(register):
 
 @hookspec
 def register_models(register):
-    """Register model architectures beyond open_clip's own (e.g. tiny test models)."""
+    """Register backbones beyond open_clip's own architectures: factory(pretrained=..., device=...) (whichever
+    it accepts) -> an open_clip model config dict or a ready CLIP module (docs/architecture.md, docs/models.md)."""
 
 
 @hookspec
