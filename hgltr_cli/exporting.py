@@ -287,7 +287,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path, *, which: str 
             bad = ", ".join(f"{k} {v:.3g}" for k, v in diffs.items() if v is not None and not v <= tol)
             raise HgltrError(f"export parity check failed: max abs logit difference {bad} exceeds the tolerance "
                              f"{tol:g}; the output was removed.",
-                             f"Inspect the model or raise the tolerance knowingly (--tolerance / --option tolerance=...).")
+                             "Inspect the model or raise the tolerance knowingly (--tolerance / --option tolerance=...).")
         B.write_manifest(staging, manifest)
         # publish: stale files of a replaced bundle go, then the staged files move up
         if force:
