@@ -232,11 +232,12 @@ class Hierarchy:
         return out
 
     # ------------------------------------------------------------------ reordering
-    def align(self, class_names: Iterable[str]) -> "Hierarchy":
+    def align(self, class_names: Iterable[str], missing_hint: str | None = None) -> "Hierarchy":
         """The hierarchy reordered (and subset) to a dataset's label order.
 
         Each name matches a class id, else a display name, else loosely (case, '_', '-',
-        Places' '/a/' prefix). Every missing name is reported at once with close matches.
+        Places' '/a/' prefix). Every missing name is reported at once with close matches;
+        `missing_hint` replaces the default fix (sources say how to add a class to *their* input).
         """
         wanted = [str(c) for c in class_names]
         by_id = {e.id: i for i, e in enumerate(self.entries)}
@@ -266,7 +267,7 @@ class Hierarchy:
                 near = close_matches(w, pool)
                 lines.append(f"  {w}" + (f"  (close: {', '.join(near)})" if near else ""))
             raise HgltrError(f"{len(missing)} class(es) missing from the hierarchy:\n" + "\n".join(lines),
-                             "Fix the class names, or rebuild the hierarchy with these classes "
+                             missing_hint or "Fix the class names, or rebuild the hierarchy with these classes "
                              "(`hgltr build-hierarchy --classes FILE`).")
         if ambiguous:
             raise HgltrError("ambiguous class name(s): " + "; ".join(ambiguous) + ".",

@@ -53,7 +53,8 @@ def build(options: Cifar100Options | None, classes: list[str] | None = None) -> 
     nodes = {f"super:{s}": _DISPLAY.get(s, s.replace("_", " ")) for s in SUPERCLASSES}
     hier = Hierarchy.from_paths(rows, nodes=nodes, source="cifar100", source_version="CIFAR-100 (Krizhevsky 2009)",
                                 rules={"dag": "tree", "levels": ["superclass", "class"]})
-    return hier.align(classes) if classes else hier
+    return hier.align(classes, missing_hint="The cifar100 source knows CIFAR-100's 100 fine labels only (e.g. "
+                      "maple_tree, aquarium_fish); fix the class list, or omit --classes.") if classes else hier
 
 
 @hookimpl

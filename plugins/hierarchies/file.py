@@ -260,7 +260,8 @@ def build(options: FileOptions | None, classes: list[str] | None = None) -> Hier
         rows.append((cls, cls.replace("_", " "), [[root, *p, cls] for p in choose_paths(uniq, opts.dag_rule)]))
     hier = Hierarchy.from_paths(rows, root=root, source="file", source_version=Path(opts.taxonomy).name,
                                 rules={"dag": opts.dag_rule, "format": opts.format, "node_identity": "name"})
-    return hier.align(classes) if classes else hier
+    return hier.align(classes, missing_hint=f"Add each class to {opts.taxonomy} as a leaf, or fix its spelling in "
+                      "the class list (--classes).") if classes else hier
 
 
 @hookimpl

@@ -79,7 +79,8 @@ def build(options: INatOptions | None, classes: list[str] | None = None) -> Hier
         rows.append((cid, str(c[opts.name_key]), path))
     hier = Hierarchy.from_paths(rows, nodes=nodes, source="inat", source_version=Path(opts.categories).name,
                                 rules={"dag": "tree", "levels": list(opts.levels) + ["species"]})
-    return hier.align(classes) if classes else hier
+    return hier.align(classes, missing_hint=f"Classes are the category ids (or species names) of "
+                      f"{opts.categories}; fix the class list (--classes).") if classes else hier
 
 
 @hookimpl

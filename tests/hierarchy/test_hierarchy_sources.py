@@ -113,6 +113,17 @@ def test_file_missing_classes_all_listed(tmp_path):
     with pytest.raises(HgltrError) as exc:
         file_src.build(opts(p), ["cat", "cow", "horse"])
     assert "2 class(es) missing" in exc.value.message and "cow" in exc.value.message and "horse" in exc.value.message
+    # the fix names the taxonomy file, not `build-hierarchy --classes` (which the user is already running)
+    assert str(p) in exc.value.hint and "leaf" in exc.value.hint
+
+
+def test_sources_say_how_to_fix_missing_classes(inat2021):
+    with pytest.raises(HgltrError) as exc:
+        cifar100.build(None, ["pear", "appel"])
+    assert "fine labels" in exc.value.hint
+    with pytest.raises(HgltrError) as exc:
+        inat.build(inat.INatOptions(categories=str(inat2021)), ["2", "999"])
+    assert "999" in exc.value.message and str(inat2021) in exc.value.hint
 
 
 def test_file_needs_taxonomy():
