@@ -23,10 +23,15 @@ from hgltr_cli.errors import ConfigError, close_matches
 def load_yaml_file(path: str | Path, what: str = "config file") -> Any:
     """yaml.safe_load a file, turning every failure into an error naming the file."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{what} {str(p)!r} is a directory, not a YAML file.", "Check the path.")
     if not p.is_file():
         raise ConfigError(f"{what} {str(p)!r} does not exist.", "Check the path.")
     try:
         return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:  # unreadable: permissions, a FIFO gone, an I/O error
+        raise ConfigError(f"{what} {str(p)!r} cannot be read: {exc.strerror or exc}.",
+                          "Check the file's permissions.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

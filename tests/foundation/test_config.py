@@ -151,3 +151,17 @@ def test_a_scalar_section_is_an_error_naming_it(plugins, tmp_path):
     bad.write_text("train: 5\n")
     with pytest.raises(ConfigError, match="'train' must be a mapping"):
         resolve(Schema, build_layers(None, [str(bad)], None, None), plugins=plugins)
+
+
+def test_a_directory_or_unreadable_config_file_is_a_config_error(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="is a directory"):
+        build_layers(None, [str(tmp_path)], None, None)
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("train: {lr: 1}\n")
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(locked), "read_text", denied)
+    with pytest.raises(ConfigError, match="locked.yaml.*cannot be read: Permission denied"):
+        build_layers(None, [str(locked)], None, None)
