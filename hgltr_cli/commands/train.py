@@ -101,9 +101,10 @@ def register(app: typer.Typer) -> None:
             raise HgltrError("--json only applies to --dry-run.",
                              "Add --dry-run, or drop --json (a run logs to RUN_DIR/metrics.jsonl).")
         if resume:
-            given = [k.replace("_", "-") for k, v in values.items() if v is not None]
-            if given or config or set_ or preset:
-                raise HgltrError(f"--resume takes the run's own config; drop {', '.join('--' + g for g in given) or '--config/--set/--preset'}.",
+            given = [f"--{k.replace('_', '-')}" for k, v in values.items() if v is not None]
+            given += [flag for flag, v in (("--config", config), ("--set", set_), ("--preset", preset)) if v]
+            if given:
+                raise HgltrError(f"--resume takes the run's own config; drop {', '.join(given)}.",
                                  "A resumed run continues exactly; to change settings, start a new run.")
             from hgltr_cli.rundir import open_run
 

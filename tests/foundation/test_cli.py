@@ -138,3 +138,10 @@ def test_train_json_without_dry_run_is_refused():
     """`--json` only shapes --dry-run's output; a real run must not start with it silently ignored."""
     proc = run("train", "--json", "--output", "runs/never", check=False)
     assert proc.returncode == 1 and "--dry-run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_with_other_settings_names_every_one_to_drop():
+    proc = run("train", "--resume", "runs/none", "--batch-size", "8", "--set", "train.lr=1", "--preset", "places-lt",
+               check=False)
+    assert proc.returncode == 1
+    assert "drop --batch-size, --set, --preset." in " ".join(proc.stderr.split())
