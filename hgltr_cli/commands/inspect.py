@@ -22,8 +22,9 @@ class Kind(str, Enum):
 def list_components(kind: str, pattern: str | None, plugins) -> list[dict]:
     """Registered components of `kind` matching the glob; models also include open_clip's."""
     reg = plugins.registry(kind)
+    wanted = set(reg.names(pattern))
     rows = [{"name": c.name, "plugin": c.plugin, "description": c.description,
-             "options": c.config_fields()} for c in reg if c.name in set(reg.names(pattern))]
+             "options": c.config_fields()} for c in reg if c.name in wanted]
     if kind == "models":
         import fnmatch
 
