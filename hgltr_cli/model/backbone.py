@@ -25,6 +25,7 @@ import copy
 import inspect
 import json
 import os
+import pickle
 import socket
 import zipfile
 from dataclasses import dataclass, field
@@ -223,9 +224,12 @@ def _load_weights_file(path: str, *, allow_torchscript: bool) -> tuple[dict, boo
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
+        # torch's own text for UnpicklingError advises weights_only=False, which hgltr never does
+        why = ("the file holds pickled Python objects besides tensors, or is not a torch file"
+               if isinstance(exc, pickle.UnpicklingError) else str(exc).splitlines()[0][:300])
         raise HgltrError(
             f"Could not load {path} as a plain state dict (torch.load with weights_only=True): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+            f"{type(exc).__name__}: {why}.",
             "hgltr only reads tensors: pass a .safetensors file or a state-dict .pt/.bin.") from None
     if isinstance(ckpt, dict) and "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
         ckpt = ckpt["state_dict"]

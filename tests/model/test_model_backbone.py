@@ -119,5 +119,7 @@ def test_pickle_is_refused(plugins, tmp_path):
     import argparse
     path = tmp_path / "evil.pt"
     torch.save({"x": argparse.Namespace(a=1)}, path)  # an arbitrary pickled object, not a tensor
-    with pytest.raises(HgltrError, match="weights_only"):
+    with pytest.raises(HgltrError, match="weights_only") as exc:
         load_backbone("hgltr-tiny-vit", str(path), plugins=plugins)
+    assert "pickled Python objects" in exc.value.message
+    assert "weights_only=False" not in exc.value.message  # torch's advice; hgltr never does that
