@@ -186,7 +186,7 @@ def build_dataclass(cls: type, data: dict, prefix: str) -> Any:
         raise ConfigError(
             f"unknown config key {prefix + '.' + str(k)!r}."
             + (f" Did you mean {', '.join(prefix + '.' + n for n in near)}?" if near else ""),
-            f"Keys allowed in {prefix!r}: {', '.join(sorted(types_))}.")
+            f"Keys allowed in {prefix!r}: {', '.join(sorted(types_))}." if types_ else "Remove the key.")
     kwargs = {k: coerce(v, types_[k], f"{prefix}.{k}") for k, v in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

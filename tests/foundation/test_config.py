@@ -165,3 +165,19 @@ def test_a_directory_or_unreadable_config_file_is_a_config_error(tmp_path, monke
     monkeypatch.setattr(type(locked), "read_text", denied)
     with pytest.raises(ConfigError, match="locked.yaml.*cannot be read: Permission denied"):
         build_layers(None, [str(locked)], None, None)
+
+
+def test_an_option_for_a_component_without_options_says_so(tmp_path):
+    @dataclass
+    class NoOptions:
+        pass
+
+    class Bare:
+        @hookimpl
+        def register_peft_methods(self, register):
+            register("bare", object, config=NoOptions)
+
+    plugins = load_plugins(extra=[("bare", Bare())], use_entry_points=False)
+    with pytest.raises(ConfigError) as info:
+        resolve(Schema, [{"peft": {"name": "bare", "rank": 4}}], plugins=plugins)
+    assert "'bare' options: none" in info.value.message and info.value.hint == "Remove the key."
