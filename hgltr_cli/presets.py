@@ -43,13 +43,6 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-DESCRIPTIONS = {
-    "imagenet-lt": "ImageNet-LT: 10 epochs, SGD lr 0.05 Nesterov, wd 5e-4, batch 512, tau_s 1, alpha 0.1, beta 0.01",
-    "places-lt": "Places-LT: 10 epochs, SGD lr 0.05 Nesterov, wd 5e-4, batch 512, tau_s 4, alpha 0.1, beta 0",
-    "inat2018": "iNaturalist 2018: 40 epochs, AdamW lr 2e-4, wd 0.05, batch 512, cosine head, tau_s 1.5, alpha 0.1, beta 0.01",
-}
-
-
 def get_preset(name: str | None) -> dict | None:
     """The preset's config layer (a fresh copy), or None for no preset."""
     if not name:
