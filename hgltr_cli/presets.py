@@ -43,11 +43,12 @@ PRESETS: dict[str, dict] = {
     },
 }
 
+
 def get_preset(name: str | None) -> dict | None:
     """The preset's config layer (a fresh copy), or None for no preset."""
     if not name:
         return None
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}.{did_you_mean(name, PRESETS)}",
-                         f"Presets: {', '.join(PRESETS)}.")
+                          f"Presets: {', '.join(PRESETS)}.")
     return copy.deepcopy(PRESETS[name])
