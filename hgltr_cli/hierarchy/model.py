@@ -208,8 +208,10 @@ class Hierarchy:
     # ------------------------------------------------------------------ prompts
     def prompts(self, template: str = "paper", max_ancestors: int | None = None) -> list[str]:
         """One prompt per class: 'paper', 'plain' or a format string with fields
-        {name} {id} {ancestors} {parent} {path} {top}. An empty ancestor list drops '()'."""
+        {name} (or {class}, {}) {id} {ancestors} {parent} {path} {top}. An empty ancestor list drops '()'."""
         fmt = TEMPLATES.get(template, template)
+        # {class} and {} are aliases of {name}, as for plain class-name lists (model/text.py)
+        fmt = re.sub(r"{class([:!}])", r"{name\1", fmt.replace("{}", "{name}"))
         used = set(re.findall(r"{(\w*)[^}]*}", fmt))
         bad = sorted(used - set(TEMPLATE_FIELDS))
         if bad or "{" not in fmt:

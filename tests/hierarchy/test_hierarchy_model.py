@@ -30,6 +30,8 @@ def test_prompts():
     assert h.prompts("plain")[1] == "a photo of tiger cat"
     assert h.prompts("{name}, a kind of {parent}; {path}")[0] == "tabby, a kind of domestic cat; animal > domestic cat > tabby"
     assert h.prompts(max_ancestors=1)[0] == "a photo of a tabby(domestic cat)"
+    # the aliases that plain class-name lists accept (model/text.py) work on a hierarchy too
+    assert h.prompts("a {class} ({parent})")[1] == h.prompts("a {} ({parent})")[1] == "a tiger cat (domestic cat)"
     top = Hierarchy.from_paths([("x", "x", ["root", "x"])])
     assert top.prompts() == ["a photo of a x"]
     with pytest.raises(HgltrError, match="unknown: colour"):
