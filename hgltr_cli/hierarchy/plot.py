@@ -40,7 +40,9 @@ def plot_heatmap(hierarchy, path: str | Path, kind: str = "pair-depth", max_labe
     ax.set_title(f"{hierarchy.source} hierarchy: {k} classes")
     fig.tight_layout()
     out = Path(path)
+    if not out.suffix:  # the path reported back is the file written (matplotlib would add .png itself)
+        out = out.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    fig.savefig(out, format="png")
     plt.close(fig)
     return out

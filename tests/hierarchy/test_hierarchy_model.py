@@ -136,3 +136,5 @@ def test_heatmap_png(tmp_path):
 
     p = plot_heatmap(small(), tmp_path / "sub" / "h.png")
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bare = plot_heatmap(small(), tmp_path / "heatmap")  # no extension: .png added, and reported
+    assert bare == tmp_path / "heatmap.png" and bare.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
