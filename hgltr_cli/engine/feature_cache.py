@@ -10,16 +10,17 @@ when computed under bf16 autocast).
 What changes: epochs >= 2 reuse each sample's epoch-1 augmented view (random crop/flip) instead
 of drawing a new one, as precomputed-feature linear probing does. That is why it is a switch.
 
-How the engine uses it (Trainer.fit; the indices of a micro-batch come from the same seeded
-order the loader reads, see `epoch_index_batches`):
+How the engine uses it (Trainer._micro_batches; the indices of a micro-batch come from the same
+seeded order the loader reads, see `epoch_index_batches`):
 
-    cache = FeatureCache.for_model(model, len(split)) if cacheable(model) else None
-    # epoch 1: the usual loader; after the forward (or instead of it):
-    z = cache.encode(model, images, idx, autocast_ctx)      # stores, returns z
-    logits, feats = cached_forward(model, z)
-    # epochs >= 2, when cache.complete():
+    # epoch 1: the usual loader; the trunk runs once per micro-batch, under no_grad
+    z = model.encode_image(images); cache.store(idx[kept], z[kept])   # EpochOnePlan decides `kept`
+    logits, feats = cached_forward(model, z)                          # the step then starts from z
+    # epochs >= 2, once the cache is complete (fill_missing / load_cache):
     for idx in epoch_index_batches(split, layout, rank, seed, epoch, sampler, start_micro):
-        targets = labels[idx]; z = cache.lookup(idx); logits, feats = cached_forward(model, z)
+        z = cache.lookup(idx); logits, feats = cached_forward(model, z)
+
+`FeatureCache.encode` does the epoch-1 store in one call for callers without a plan (tests, benchmarks).
 
 With skip_bad_images a skipped file shortens its batch, so indices no longer line up with the
 loader's batches: use the cache only when no image was skipped in epoch 1.
