@@ -108,6 +108,17 @@ def load_average() -> list[float] | None:
         return None
 
 
+ISA_CAP_VAR = "ONEDNN_MAX_CPU_ISA"
+
+
+def isa_cap() -> str | None:
+    """The oneDNN ISA cap of this run (e.g. AVX512_CORE_BF16: AMX off), or None.
+
+    Capping the ISA measures the engine as on a CPU without AMX, the issue's machine kind; the cap
+    changes the matmul peak, so it is part of every figure and of the command that reproduces them."""
+    return os.environ.get(ISA_CAP_VAR) or None
+
+
 def environment(device: torch.device) -> dict:
     import open_clip
 
@@ -125,6 +136,8 @@ def environment(device: torch.device) -> dict:
         pass
     from hgltr_cli.engine.runtime import cpu_has_bf16
     info["cpu_bf16"] = cpu_has_bf16()
+    if isa_cap():
+        info["onednn_max_cpu_isa"] = isa_cap()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

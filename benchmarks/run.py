@@ -18,6 +18,9 @@ JSON line with speedup_vs_naive and mfu (under 5 minutes on 2 cores).
 --smoke: the same machinery on hgltr-tiny-vit in seconds (what tests/benchmarks run).
 
 A full run writes benchmarks/results/<device>.json and the table in benchmarks/README.md.
+With ONEDNN_MAX_CPU_ISA set (e.g. AVX512_CORE_BF16: a CPU without AMX) the cap is recorded in the
+JSON and the command, a full run writes benchmarks/results/<device>-<isa>.json and leaves the
+README table alone.
 Each training case runs in its own process so peak memory is per case.
 """
 from __future__ import annotations
@@ -188,7 +191,9 @@ def quick_line(results: dict) -> dict:
             "naive_images_per_s": round(a["naive_fp32"]["images_per_s"]["median"], 3),
             "speedup_vs_naive": a[p].get("speedup_vs_naive"), "mfu": a[p].get("mfu"),
             "peak_gflops": round(results["matmul_peak"][p]["gflops"]["median"], 1),
-            "load_average": results["env"].get("load_average"), "seconds": round(results["seconds"], 1)}
+            "load_average": results["env"].get("load_average"), "seconds": round(results["seconds"], 1),
+            **({"onednn_max_cpu_isa": results["env"]["onednn_max_cpu_isa"]}
+               if "onednn_max_cpu_isa" in results["env"] else {})}
 
 
 def _f(x, nd=2):
@@ -282,6 +287,22 @@ def update_readme(text: str) -> None:
 
 # ----------------------------------------------------------------------------- main
 
+def command_line(argv_shown: str) -> str:
+    """The command that reproduces this run, the oneDNN ISA cap included when one is set."""
+    from benchmarks.common import ISA_CAP_VAR, isa_cap
+
+    cap = f"{ISA_CAP_VAR}={isa_cap()} " if isa_cap() else ""
+    return f"{cap}python benchmarks/run.py {argv_shown}".strip()
+
+
+def default_out(device_type: str) -> str:
+    """results/<device>.json; an ISA-capped run gets its own file, so it never replaces the real one."""
+    from benchmarks.common import isa_cap
+
+    suffix = f"-{isa_cap().lower()}" if isa_cap() else ""
+    return str(REPO / "benchmarks" / "results" / f"{device_type}{suffix}.json")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="adapter only, one JSON line (< 5 min on 2 cores)")
@@ -305,7 +326,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from benchmarks.common import environment, load_average
+    from benchmarks.common import environment, isa_cap, load_average
 
     t_start = time.perf_counter()
     device = torch.device(args.device)
@@ -313,7 +334,7 @@ def main(argv=None) -> int:
     quiet = args.quick
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if quiet else (lambda *a: print(*a, flush=True))
     argv_shown = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    results: dict = {"command": f"python benchmarks/run.py {argv_shown}".strip(), "plan": p,
+    results: dict = {"command": command_line(argv_shown), "plan": p,
                      "date": time.strftime("%Y-%m-%d %H:%M"), "env": environment(device)}
     log(f"hgltr benchmarks ({p['mode']}): {results['env'].get('cpu', '')} load {results['env']['load_average']}")
     peaks_start = measure_peaks(device, p["precisions"], p["peak_n"], log)
@@ -323,7 +344,7 @@ def main(argv=None) -> int:
     results["train"] = []
     out = args.out
     if out is None and p["mode"] == "full":
-        out = str(REPO / "benchmarks" / "results" / f"{device.type}.json")
+        out = default_out(device.type)
     partial = f"{out}.partial" if out and p["mode"] == "full" else None
     if partial:
         Path(partial).parent.mkdir(parents=True, exist_ok=True)
@@ -400,7 +421,7 @@ def main(argv=None) -> int:
     else:
         text = markdown(results)
         print(text)
-        if p["mode"] == "full" and not args.no_readme:
+        if p["mode"] == "full" and not args.no_readme and not isa_cap():
             update_readme(text)
     return 0
 

@@ -80,3 +80,30 @@ def test_flops_match_the_analytic_count_for_a_vit_block():
     per_block = 2 * n * width * 3 * width + 2 * 2 * n * n * width + 2 * n * width * width + 2 * 2 * n * width * 4 * width
     proj = 2 * width * 16
     assert got == patch_embed + layers * per_block + proj
+
+
+def test_an_isa_capped_run_says_so_and_keeps_its_own_results(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA changes the matmul peak: the command, the environment and the quick line
+    carry it, and a full run's default JSON is not the real run's file."""
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from benchmarks import run
+    from benchmarks.common import environment
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert run.command_line("--quick") == "python benchmarks/run.py --quick"
+    assert run.default_out("cpu").endswith("results/cpu.json")
+    assert "onednn_max_cpu_isa" not in environment(torch.device("cpu"))
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert run.command_line("--quick") == "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python benchmarks/run.py --quick"
+    assert run.default_out("cpu").endswith("results/cpu-avx512_core_bf16.json")
+    env = environment(torch.device("cpu"))
+    assert env["onednn_max_cpu_isa"] == "AVX512_CORE_BF16"
+    stat = {"median": 1.0, "min": 1.0, "max": 1.0}
+    results = {"plan": {"auto_precision": "bf16", "model": "m", "batch": 2}, "env": env, "seconds": 1.0,
+               "matmul_peak": {"bf16": {"gflops": stat}},
+               "summary": {"train": {"adapter": {"bf16": {"images_per_s": stat, "speedup_vs_naive": 1.0, "mfu": 0.5},
+                                                 "naive_fp32": {"images_per_s": stat}}}}}
+    assert run.quick_line(results)["onednn_max_cpu_isa"] == "AVX512_CORE_BF16"
