@@ -74,7 +74,10 @@ class RunDir:
         atomic_write_bytes(self.config, resolved.to_yaml().encode("utf-8"))
 
     def write_hierarchy(self, hierarchy) -> None:
-        hierarchy.save(self.hierarchy)
+        """Not Hierarchy.save: an OSError must reach the caller, which words it with the run's resume advice."""
+        from hgltr_cli.engine.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(self.hierarchy, hierarchy.to_text(self.hierarchy).encode("utf-8"))
 
     def write_env(self, info: dict) -> None:
         from hgltr_cli.engine.checkpoint import atomic_write_json
@@ -166,23 +169,28 @@ class RunDir:
         return load_hierarchy(self.hierarchy)
 
 
-def write_error(exc: OSError, target: str, run_dir: str | os.PathLike, last: Any = ...) -> HgltrError:
+def write_error(exc: OSError, target: str, run_dir: str | os.PathLike | None, last: Any = ...) -> HgltrError:
     """The one error for a failed write in a run directory (checkpoints, metrics, config, env):
     what failed and why, which checkpoint is still intact, and how to go on.
 
     `last` is the index's last checkpoint (None: none yet); read from index.json when not given.
     A full disk suggests `--resume` whenever the run's config.yaml exists (resume then continues
-    from `last`, or starts the run over when there is none); otherwise a fresh start."""
+    from `last`, or starts the run over when there is none); otherwise a fresh start.
+    run_dir=None: a file outside any run (e.g. `build-hierarchy --output`), so the same wording
+    without the checkpoint and resume advice."""
     import errno
 
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = "the disk is full" if full else (exc.strerror or str(exc))
+    if run_dir is None:
+        return HgltrError(f"could not write {target}: {what}.",
+                          "Free some space and try again." if full else "Check that its folder is writable and has space.")
     run_dir = Path(run_dir)
     if last is ...:
         try:
             last = json.loads((run_dir / CHECKPOINTS / "index.json").read_text(encoding="utf-8")).get("last")
         except (OSError, ValueError, AttributeError):
             last = None
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    what = "the disk is full" if full else (exc.strerror or str(exc))
     kept = f" The previous checkpoint {last!r} is intact." if last else " No checkpoint was written yet."
     if not full:
         hint = "Check the output directory's permissions and space."

@@ -161,11 +161,7 @@ def register(app: typer.Typer) -> None:
         if names and any(names):
             hier = hier.with_names(names)
         stats = hier.summary(b.distance)  # computes H: a broken hierarchy fails before anything is written
-        try:
-            written = str(hier.save(b.output))
-        except OSError as exc:
-            raise HgltrError(f"could not write the hierarchy to {b.output!r}: {exc.strerror or exc}.",
-                             "Check that its folder is writable and has space.") from None
+        written = str(hier.save(b.output))  # a failed write is an HgltrError naming the file
         plotted = None
         if b.plot:
             from hgltr_cli.hierarchy.plot import plot_heatmap

@@ -358,20 +358,28 @@ class Hierarchy:
             self._cache["hash"] = "sha256:" + hashlib.sha256(blob).hexdigest()
         return self._cache["hash"]
 
-    def save(self, path: str | Path) -> Path:
-        """Write JSON (or YAML for .yaml/.yml); written to a temp file then renamed."""
-        p = Path(path)
+    def to_text(self, path: str | Path) -> str:
+        """The file text for `path`: YAML for .yaml/.yml, else compact JSON."""
         data = self.to_dict()
-        if p.suffix.lower() in (".yaml", ".yml"):
+        if Path(path).suffix.lower() in (".yaml", ".yml"):
             import yaml
 
-            text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-        else:
-            text = _compact_json(data)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(p)
+            return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        return _compact_json(data)
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON (or YAML for .yaml/.yml) through the shared atomic writer, so a failed write
+        (full disk, no permission) leaves no partial or temp file; it is an HgltrError naming the file."""
+        from hgltr_cli.engine.checkpoint import atomic_write_bytes
+        from hgltr_cli.rundir import write_error
+
+        p = Path(path)
+        data = self.to_text(p).encode("utf-8")
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(p, data)
+        except OSError as exc:
+            raise write_error(exc, f"the hierarchy to {str(p)!r}", None) from None
         return p
 
     @classmethod

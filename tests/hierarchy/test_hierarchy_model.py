@@ -52,6 +52,41 @@ def test_save_load_roundtrip_json_and_yaml(tmp_path):
     assert data["source"] == "test" and data["content_hash"].startswith("sha256:")
 
 
+def test_save_on_a_full_disk_is_a_clean_error_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    """The file is created, then its write fails with ENOSPC (disk full mid-write): an HgltrError
+    naming the file, no hierarchy file and no temp file left behind."""
+    import builtins
+    import errno
+    import io
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_disk_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        return Full(f) if "w" in mode and str(tmp_path) in str(file) else f
+
+    monkeypatch.setattr(builtins, "open", full_disk_open)
+    monkeypatch.setattr(io, "open", full_disk_open)  # what pathlib writes through
+    with pytest.raises(HgltrError) as exc:
+        small().save(tmp_path / "h.json")
+    assert "could not write the hierarchy" in exc.value.message and "disk is full" in exc.value.message
+    assert "h.json" in exc.value.message and "space" in exc.value.hint
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_hash_covers_content_not_metadata():
     a, b = small(), small()
     b.source = "other"
