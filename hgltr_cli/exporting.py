@@ -148,20 +148,24 @@ class ExportResult:
     parity: dict
 
 
-def _prepare_output(output: Path, force: bool) -> tuple[bool, Path]:
-    """(created, staging dir inside output). Refuses to overwrite anything but an old bundle."""
+def _prepare_output(output: Path, force: bool) -> tuple[bool, Path, list[str]]:
+    """(created, staging dir inside output, names of the old bundle's files that --force replaces).
+
+    Refuses to replace anything but an old bundle, so that only its own files are ever moved away.
+    """
     from hgltr_cli.bundle import MANIFEST
 
     if output.exists() and not output.is_dir():
         raise HgltrError(f"--output {str(output)!r} exists and is not a directory.", "Pick another --output folder.")
     created = not output.exists()
+    replaced: list[str] = []
     if not created:
         entries = [e for e in output.iterdir() if not e.name.startswith(STAGING_PREFIX)]
         if entries:
             if not (force and (output / MANIFEST).is_file()):
                 raise HgltrError(f"--output {str(output)!r} is not empty.",
                                  "Pick a new or empty folder (or --force to replace a bundle exported there before).")
-            # --force deletes what is there: only a real bundle, and nothing beside its own files
+            # --force replaces what is there: only a real bundle, and nothing beside its own files
             from hgltr_cli.bundle import read_manifest
 
             try:
@@ -174,13 +178,61 @@ def _prepare_output(output: Path, force: bool) -> tuple[bool, Path]:
                 raise HgltrError(f"--force: {str(output)!r} holds files that are not part of its bundle "
                                  f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}); nothing was removed.",
                                  "Move them away, or pick a new or empty --output folder.")
+            replaced = sorted(e.name for e in entries)
     output.mkdir(parents=True, exist_ok=True)
     staging = output / f"{STAGING_PREFIX}{os.getpid()}"
     if staging.exists():
         import shutil
         shutil.rmtree(staging)
     staging.mkdir()
-    return created, staging
+    return created, staging, replaced
+
+
+def _move_all(names: Sequence[str], src: Path, dst: Path) -> None:
+    """Move the named files from src to dst, all or nothing: if one move fails, those done go back.
+
+    os.replace is atomic within one filesystem, which holds here: src and dst are both in the output folder.
+    """
+    done: list[str] = []
+    try:
+        for name in names:
+            os.replace(src / name, dst / name)
+            done.append(name)
+    except BaseException:
+        for name in reversed(done):
+            os.replace(dst / name, src / name)
+        raise
+
+
+def _publish(staging: Path, output: Path, names: Sequence[str], replaced: Sequence[str]) -> None:
+    """Move the staged files into output without ever losing the bundle they replace.
+
+    The old files wait in a backup folder beside the staging one until every new file is in place;
+    if a move fails (full disk, permissions) they come back and a clean error names the folder.
+    """
+    import contextlib
+    import shutil
+    import tempfile
+
+    backup: Optional[Path] = None
+    try:
+        backup = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}old-", dir=output))
+        _move_all(replaced, output, backup)
+        try:
+            _move_all(names, staging, output)
+        except BaseException:
+            _move_all(replaced, backup, output)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+    except OSError as exc:
+        kept = (f"the files that were there are in {str(backup)!r}" if backup and any(backup.iterdir())
+                else "the files that were there are unchanged")
+        raise HgltrError(f"could not move the exported files into {str(output)!r} ({exc}); {kept}.",
+                         "Free disk space or fix the folder's permissions, then export again.") from exc
+    finally:
+        if backup is not None:
+            with contextlib.suppress(OSError):  # kept only while it still holds the old files
+                backup.rmdir()
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -199,7 +251,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path, *, which: str 
     """Export a run as a bundle in `fmt`, check parity, and return what was written.
 
     On any failure (parity included) nothing is left behind: the output folder is removed if
-    this call created it, else emptied of what it wrote.
+    this call created it, else left as it was (a bundle --force was to replace stays intact).
     """
     import shutil
 
@@ -229,8 +281,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path, *, which: str 
         reference_one = model(images[:1])[0].float()
 
     output = Path(output)
-    created, staging = _prepare_output(output, force)
-    moved: list[Path] = []
+    created, staging, replaced = _prepare_output(output, force)
     try:
         peft_record = B.prepare_for_export(model, merge=exporter.merge_peft)
         source = {"run_dir": str(Path(run_dir).resolve()), "checkpoint": which, "config_model": cfg.model.name,
@@ -289,22 +340,12 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path, *, which: str 
                              f"{tol:g}; the output was removed.",
                              "Inspect the model or raise the tolerance knowingly (--tolerance / --option tolerance=...).")
         B.write_manifest(staging, manifest)
-        # publish: stale files of a replaced bundle go, then the staged files move up
-        if force:
-            for e in output.iterdir():
-                if e != staging and not e.name.startswith(STAGING_PREFIX):
-                    shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
-        for name in [*manifest["files"], B.MANIFEST]:
-            src = B.safe_join(staging, name)
-            dst = B.safe_join(output, name)
-            src.replace(dst)
-            moved.append(dst)
+        names = [B.safe_join(staging, n).name for n in [*manifest["files"], B.MANIFEST]]
+        _publish(staging, output, names, replaced)
         shutil.rmtree(staging, ignore_errors=True)
         return ExportResult(output=output, format=fmt, manifest=manifest, parity=parity)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for p in moved:
-            p.unlink(missing_ok=True)
         if created:
             shutil.rmtree(output, ignore_errors=True)
         raise

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,6 +151,51 @@ def test_force_replaces_a_bundle(tiny, tmp_path):
     assert res.exit_code != 0 and "not an hgltr bundle" in res.stderr
     assert sorted(p.name for p in other.iterdir()) == ["index.js", "manifest.json"]
 
+
+
+def _snapshot(folder):
+    """Every entry of folder (hidden ones included) with its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_force_failure_while_moving_new_files_in_keeps_the_old_bundle(tiny, tmp_path, monkeypatch):
+    import os
+
+    from hgltr_cli.bundle import load_bundle, read_manifest, verify_files
+
+    out = tmp_path / "b"
+    ok("export", tiny["run"], "-f", "onnx", "--output", out)
+    before = _snapshot(out)
+    real = os.replace
+
+    def failing(src, dst):  # the last new file (the manifest) fails after the others were moved in
+        if Path(src).parent.name == f".hgltr-export-{os.getpid()}" and Path(src).name == "manifest.json":
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    res = invoke("export", tiny["run"], "-f", "safetensors", "--output", out, "--force")
+    monkeypatch.undo()
+    assert res.exit_code != 0 and "Traceback" not in res.stderr
+    assert "could not move the exported files" in res.stderr and str(out) in res.stderr
+    assert "No space left on device" in res.stderr and "unchanged" in res.stderr
+    assert _snapshot(out) == before  # the old onnx bundle, byte for byte, and no backup or staging folder
+    m = read_manifest(out)
+    verify_files(out, m)
+    assert m["export_format"] == "onnx" and load_bundle(out) is not None
+
+
+def test_successful_force_leaves_only_the_new_bundle(tiny, tmp_path):
+    from hgltr_cli.bundle import read_manifest, verify_files
+
+    out = tmp_path / "b"
+    ok("export", tiny["run"], "-f", "onnx", "--output", out)
+    assert "model.onnx" in _snapshot(out)
+    ok("export", tiny["run"], "-f", "safetensors", "--output", out, "--force")
+    assert sorted(_snapshot(out)) == ["hierarchy.json", "manifest.json", "model.safetensors"]  # no backup folder
+    m = read_manifest(out)
+    verify_files(out, m)
+    assert m["export_format"] == "safetensors" and "model.onnx" not in m["files"]
 
 def test_exporters_are_plugins_with_typed_configs():
     from hgltr_cli.plugins import get_plugins
