@@ -240,6 +240,16 @@ def choose_paths(paths: list[list[str]], rule: str) -> list[list[str]]:
     return [next(p for p in paths if len(p) == best)]
 
 
+def _root_id(tax: dict[str, list[list[str]]]) -> str:
+    """Id of the implicit root: 'root', unless the taxonomy names a node or class 'root'. Node ids
+    are the names themselves, so sharing the id would make that node its own ancestor (a "cycle")."""
+    used = set(tax) | {n for paths in tax.values() for p in paths for n in p}
+    root = "root"
+    while root in used:
+        root = f"<{root}>"
+    return root
+
+
 def build(options: FileOptions | None, classes: list[str] | None = None) -> Hierarchy:
     opts = options or FileOptions()
     if not opts.taxonomy:
@@ -247,9 +257,7 @@ def build(options: FileOptions | None, classes: list[str] | None = None) -> Hier
     if opts.dag_rule not in DAG_RULES:
         raise HgltrError(f"unknown dag_rule {opts.dag_rule!r}.", f"Use one of {', '.join(DAG_RULES)}.")
     tax = parse_taxonomy(opts.taxonomy, opts.format, opts.places_level1, opts.places_groups)
-    root = "root"
-    if root in tax:
-        raise HgltrError(f"taxonomy file {opts.taxonomy!r}: 'root' is reserved for the hierarchy's root; rename that class.")
+    root = _root_id(tax)
     leaves = list(tax)
     rows = []
     for cls in leaves:

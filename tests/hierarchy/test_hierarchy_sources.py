@@ -107,6 +107,30 @@ def test_file_bad_input(tmp_path, name, text, match):
         file_src.build(opts(p))
 
 
+def test_file_node_or_class_named_root(tmp_path):
+    """A user's node (or class) literally named `root` is an ordinary node, not a cycle with the
+    implicit root; the hierarchy round-trips through its file."""
+    from hgltr_cli.hierarchy import load_hierarchy
+
+    p = tmp_path / "t.yaml"
+    p.write_text("root:\n  plant: [fern, moss]\n  animal: [cat]\nother: [rock]\n")
+    h = file_src.build(opts(p))
+    assert h.classes == ["fern", "moss", "cat", "rock"]
+    assert h.root != "root" and h.entries[0].path == [h.root, "root", "plant", "fern"]
+    assert h.ancestors(2) == ["animal", "root"] and h.top_level(0) == "root"
+    H = h.distance_matrix()
+    assert H[0, 1] == 1 and H[0, 2] == 2 and H[0, 3] == INF
+    assert h.prompts()[0] == "a photo of a fern(plant, root)"
+    back = load_hierarchy(h.save(tmp_path / "h.json"))
+    assert back.root == h.root and back.content_hash == h.content_hash
+    t = tmp_path / "t.csv"
+    t.write_text("level,class\nroot,a\nroot,b\n")
+    assert file_src.build(opts(t)).distance_matrix()[0, 1] == 1
+    c = tmp_path / "c.yaml"  # a class named root (was refused as reserved)
+    c.write_text("plant: [root, stem]\n")
+    assert file_src.build(opts(c)).distance_matrix()[0, 1] == 1
+
+
 def test_file_missing_classes_all_listed(tmp_path):
     p = tmp_path / "t.yaml"
     p.write_text("animal: [cat, dog]\n")
