@@ -65,6 +65,11 @@ def _wants_plugin_command(argv: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    asks_only = not argv or any(a in ("-h", "--help", "-V", "--version") for a in argv)
+    if not asks_only and "torch" not in sys.modules:  # OpenMP reads its wait policy when torch loads
+        from hgltr_cli.omp_wait import choose_wait_policy
+
+        choose_wait_policy()
     app = build_app(load_plugin_commands=_wants_plugin_command(argv))
     app(args=argv, prog_name="hgltr")
 

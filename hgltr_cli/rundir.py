@@ -265,6 +265,7 @@ def environment(seed: int, *, device: str, precision: str, world_size: int, plug
         "python": sys.version.split()[0], "platform": platform.platform(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "seed": seed, "device": device, "precision": precision, "world_size": world_size,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # PASSIVE when the CPUs were busy at start
         "plugins": plugin_versions, "command": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if extra:

@@ -102,6 +102,7 @@ def test_end_to_end_writes_complete_run_dir(reference_run, dataset):
     env = json.loads((run / "env.json").read_text())
     assert env["seed"] == 0 and env["torch"] == torch.__version__ and env["backbone_sha256"].startswith("sha256:")
     assert env["precision"] in ("bf16", "fp32") and env["world_size"] == 1
+    assert env["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY")  # what OpenMP ran with
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["event"] for r in recs if r["event"] != "train"] == ["val", "val", "done"]
     assert all(np.isfinite(r["loss"]) and r["l_mse"] > 0 and r["l_dis"] > 0 for r in recs if r["event"] == "train")
