@@ -28,11 +28,11 @@ def list_components(kind: str, pattern: str | None, plugins) -> list[dict]:
     if kind == "models":
         import fnmatch
 
-        import open_clip
+        from hgltr_cli.model.backbone import open_clip_model_names
 
         known = {r["name"] for r in rows}
         rows += [{"name": n, "plugin": "open_clip", "description": "open_clip architecture", "options": {}}
-                 for n in open_clip.list_models() if n not in known and (not pattern or fnmatch.fnmatch(n, pattern))]
+                 for n in open_clip_model_names() if n not in known and (not pattern or fnmatch.fnmatch(n, pattern))]
     return rows
 
 

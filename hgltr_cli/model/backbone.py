@@ -119,9 +119,20 @@ def _registered_models(plugins=None):
     return plugins.registry("models")
 
 
-def list_model_names(plugins=None) -> list[str]:
+def is_supported_config(model_cfg: dict) -> bool:
+    """False for an open_clip config load_backbone refuses: CoCa-style models (a multimodal text
+    decoder). The one rule, so `hgltr list models` never offers a model that cannot be built."""
+    return "multimodal_cfg" not in model_cfg
+
+
+def open_clip_model_names() -> list[str]:
+    """open_clip's architectures that load_backbone can build (CoCa-style ones left out)."""
     import open_clip
-    return sorted(set(_registered_models(plugins).names()) | set(open_clip.list_models()))
+    return [n for n in open_clip.list_models() if is_supported_config(open_clip.get_model_config(n) or {})]
+
+
+def list_model_names(plugins=None) -> list[str]:
+    return sorted(set(_registered_models(plugins).names()) | set(open_clip_model_names()))
 
 
 def _tokenizer_from_cfg(model_cfg: dict) -> Callable:
@@ -307,7 +318,7 @@ def _instantiate(model_cfg: dict, *, quick_gelu: bool, has_checkpoint: bool) -> 
         vision_cfg["block_type"] = "custom"
     if is_hf_text and has_checkpoint:
         text_cfg["hf_model_pretrained"] = False
-    if "multimodal_cfg" in cfg:
+    if not is_supported_config(cfg):
         raise HgltrError("CoCa-style models (with a multimodal decoder) are not supported.",
                          "Pick a CLIP architecture, e.g. --model ViT-B-16.")
     custom_text = cfg.pop("custom_text", False) or is_hf_text

@@ -106,6 +106,23 @@ def test_user_errors(plugins, name, pretrained, match):
         load_backbone(name, pretrained, plugins=plugins)
 
 
+def test_list_models_leaves_out_what_load_backbone_refuses(plugins):
+    """`hgltr list models` offers no CoCa-style architecture: load_backbone refuses those, and both
+    use the same predicate (checked on the configs, nothing is built)."""
+    import open_clip
+
+    from hgltr_cli.commands.inspect import list_components
+    from hgltr_cli.model.backbone import is_supported_config, list_model_names
+
+    names = [r["name"] for r in list_components("models", None, plugins)]
+    listed = [n for n in names if n in open_clip.list_models()]
+    assert "ViT-B-16" in listed and all(is_supported_config(open_clip.get_model_config(n)) for n in listed)
+    assert "coca_ViT-B-32" not in names and "coca_ViT-B-32" not in list_model_names(plugins)
+    assert not is_supported_config(open_clip.get_model_config("coca_ViT-B-32"))
+    with pytest.raises(HgltrError, match="CoCa-style"):
+        load_backbone("coca_ViT-B-32", "none", plugins=plugins)
+
+
 def test_weights_for_another_architecture(plugins, tmp_path):
     other = load_backbone("hgltr-tiny-vit", "none", plugins=plugins).model.state_dict()
     other = {k: v for k, v in other.items() if not k.startswith("visual.proj")}
