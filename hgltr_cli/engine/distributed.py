@@ -40,14 +40,6 @@ class DistContext:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
-    def broadcast_object(self, obj):
-        """Rank 0's `obj` on every rank (small control data only: stop flags, paths)."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def close(self) -> None:
         """Leave the group together: a rank tearing down while a peer still talks aborts the peer."""
         if self.initialized_here and dist.is_initialized():
