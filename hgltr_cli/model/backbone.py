@@ -125,6 +125,13 @@ def is_supported_config(model_cfg: dict) -> bool:
     return "multimodal_cfg" not in model_cfg
 
 
+def refuse_unsupported(model_cfg: dict) -> None:
+    """Raise for a config :func:`is_supported_config` rejects, before any weights are looked up."""
+    if not is_supported_config(model_cfg):
+        raise HgltrError("CoCa-style models (with a multimodal decoder) are not supported.",
+                         "Pick a CLIP architecture, e.g. --model ViT-B-16.")
+
+
 def open_clip_model_names() -> list[str]:
     """open_clip's architectures that load_backbone can build (CoCa-style ones left out)."""
     import open_clip
@@ -318,9 +325,6 @@ def _instantiate(model_cfg: dict, *, quick_gelu: bool, has_checkpoint: bool) -> 
         vision_cfg["block_type"] = "custom"
     if is_hf_text and has_checkpoint:
         text_cfg["hf_model_pretrained"] = False
-    if not is_supported_config(cfg):
-        raise HgltrError("CoCa-style models (with a multimodal decoder) are not supported.",
-                         "Pick a CLIP architecture, e.g. --model ViT-B-16.")
     custom_text = cfg.pop("custom_text", False) or is_hf_text
     cls = CustomTextCLIP if custom_text else CLIP
     return cls(**cfg)
@@ -396,6 +400,7 @@ def load_backbone(name: str, pretrained: Optional[str] = None, *, allow_torchscr
             raise HgltrError(f"Unknown model {name!r}.{did_you_mean(name, names)}",
                              "Run `hgltr list models` to see open_clip's architectures and registered models.")
         name = name.replace("/", "-")
+    refuse_unsupported(model_cfg)  # before resolving (or fetching) weights it could not use
 
     # ---- weights
     weights_file: Optional[str] = None

@@ -123,6 +123,19 @@ def test_list_models_leaves_out_what_load_backbone_refuses(plugins):
         load_backbone("coca_ViT-B-32", "none", plugins=plugins)
 
 
+def test_coca_is_refused_before_its_weights_are_resolved(plugins, monkeypatch):
+    """With a weights tag, the refusal comes first: nothing is looked up or fetched for a model
+    that cannot be built."""
+    from hgltr_cli.model import backbone
+
+    def no_lookup(*a, **k):
+        raise AssertionError("weights resolved for a model load_backbone refuses")
+
+    monkeypatch.setattr(backbone, "_resolve_tag", no_lookup)
+    with pytest.raises(HgltrError, match="CoCa-style"):
+        backbone.load_backbone("coca_ViT-B-32", "laion2b_s13b_b90k", plugins=plugins)
+
+
 def test_weights_for_another_architecture(plugins, tmp_path):
     other = load_backbone("hgltr-tiny-vit", "none", plugins=plugins).model.state_dict()
     other = {k: v for k, v in other.items() if not k.startswith("visual.proj")}
