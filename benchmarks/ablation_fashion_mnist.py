@@ -135,6 +135,12 @@ def paired_lines(results: dict, seeds: list[int]) -> list[str]:
     return lines
 
 
+def shown(path: Path) -> str:
+    """A path as the README shows it: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def fmt(values: list[float], scale: float, f: str) -> str:
     vals = [v * scale for v in values]
     mean = statistics.fmean(vals)
@@ -211,7 +217,7 @@ def main(argv=None) -> int:
         "ECE: 15 bins. Mistake severity: mean LCA distance H (pair-depth, WordNet hierarchy) of the top-1 "
         "prediction over wrong predictions (lower is better).",
         "",
-        "Per-seed results: `benchmarks/ablation_fashion_mnist.json`.",
+        f"Per-seed results: `{shown(args.output.with_suffix('.json'))}`.",
     ]
     args.output.write_text("\n".join(lines) + "\n")
     raw = {"command": command.strip(), "wall_seconds": round(wall, 1), "run_seconds_total": round(compute, 1),
