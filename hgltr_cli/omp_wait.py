@@ -43,8 +43,12 @@ def others_runnable(probe: Callable[[], Optional[int]] = runnable_now, samples: 
     return max(0, min(seen) - 1)
 
 
-def our_threads() -> int:
-    """The cores this process may run on: torch's default intra-op thread count."""
+def our_threads(environ: MutableMapping[str, str] = os.environ) -> int:
+    """torch's intra-op thread count: OMP_NUM_THREADS when set, else the cores this process may use."""
+    try:
+        return max(1, int(environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        pass
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
@@ -61,7 +65,7 @@ def choose_wait_policy(environ: MutableMapping[str, str] = os.environ,
     if busy is None or busy == 0:
         return None
     free = (os.cpu_count() or 1) - busy
-    if free >= our_threads():
+    if free >= our_threads(environ):
         return None
     environ[VAR] = "PASSIVE"
     return "PASSIVE"

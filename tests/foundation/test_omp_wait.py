@@ -26,7 +26,7 @@ def test_others_runnable_counts_only_processes_runnable_in_every_sample(samples,
 
 
 def test_busy_cores_choose_passive_waits(monkeypatch):
-    monkeypatch.setattr(omp_wait, "our_threads", lambda: 2)
+    monkeypatch.setattr(omp_wait, "our_threads", lambda env: 2)
     monkeypatch.setattr(omp_wait.os, "cpu_count", lambda: 2)
     env: dict = {}
     assert omp_wait.choose_wait_policy(env, others=lambda: 1) == "PASSIVE"
@@ -35,7 +35,7 @@ def test_busy_cores_choose_passive_waits(monkeypatch):
 
 @pytest.mark.parametrize("others, cpus", [(lambda: 0, 2), (lambda: None, 2), (lambda: 2, 8)])
 def test_idle_or_roomy_machines_keep_the_default(monkeypatch, others, cpus):
-    monkeypatch.setattr(omp_wait, "our_threads", lambda: 2)
+    monkeypatch.setattr(omp_wait, "our_threads", lambda env: 2)
     monkeypatch.setattr(omp_wait.os, "cpu_count", lambda: cpus)
     env: dict = {}
     assert omp_wait.choose_wait_policy(env, others=others) is None
@@ -74,3 +74,13 @@ def test_the_cli_chooses_before_torch_loads_and_not_for_help():
     assert _policy_after(["list", "losses"], busy) == "POLICY PASSIVE True"  # set, then torch loaded
     assert _policy_after(["list", "losses"], 0) == "POLICY None True"
     assert _policy_after(["--help"], busy) == "POLICY None False"  # no probe, no torch
+
+
+def test_our_threads_follows_omp_num_threads(monkeypatch):
+    monkeypatch.setattr(omp_wait.os, "cpu_count", lambda: 2)
+    assert omp_wait.our_threads({"OMP_NUM_THREADS": "1"}) == 1
+    assert omp_wait.our_threads({"OMP_NUM_THREADS": "bad"}) == len(os.sched_getaffinity(0))
+    # one thread on a 2-core machine with one busy neighbour still has a free core: keep the default
+    env = {"OMP_NUM_THREADS": "1"}
+    assert omp_wait.choose_wait_policy(env, others=lambda: 1) is None
+    assert env == {"OMP_NUM_THREADS": "1"}
