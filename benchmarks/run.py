@@ -11,7 +11,9 @@ Measures, in one run (medians over repeats after warm-up, with min and max):
    large matmul measured in this run on this device and dtype;
 3. eval and predict throughput; build-hierarchy time and memory for 1,000 and 8,142 classes;
    text-prototype time (and that steps never call the text tower);
-4. data-pipeline images/s (imagefolder JPEGs, train transform, configured workers) vs the model.
+4. data-pipeline images/s (imagefolder JPEGs, train transform, configured workers) vs the model;
+5. the classifier + losses step from cached features (`--peft none` after epoch 1) at 1,000 and
+   8,142 classes: the part of a step that grows with K.
 
 --quick: the default method (adapter) at the auto precision plus the naive reference; prints one
 JSON line with speedup_vs_naive and mfu (under 5 minutes on 2 cores).
@@ -66,7 +68,7 @@ def plan(args) -> dict:
                 "precisions": precisions, "auto_precision": auto, "naive": True, "warmup": 1, "repeats": 2,
                 "peak_n": 256, "eval": {"batch": 8, "precisions": precisions}, "hierarchy_sizes": [50],
                 "hierarchy_repeats": 1, "text_prompts": 8, "data": {"images": 16, "workers": [0], "epochs": 1},
-                "predict_images": 4, "inprocess": True}
+                "predict_images": 4, "head": {"batch": 8, "classes": [20, 60]}, "inprocess": True}
     if args.quick:
         return {"mode": "quick", "model": "ViT-B-16", "batch": args.batch or 32, "classes": 1000,
                 "methods": ["adapter"], "precisions": [auto], "auto_precision": auto, "naive": True,
@@ -76,7 +78,7 @@ def plan(args) -> dict:
             "naive": True, "warmup": 1, "repeats": args.repeats or 3, "peak_n": 4096,
             "eval": {"batch": 32, "precisions": precisions}, "hierarchy_sizes": [1000, 8142], "hierarchy_repeats": 3,
             "text_prompts": 100, "data": {"images": 192, "workers": [0, 2], "epochs": 2}, "predict_images": 32,
-            "inprocess": False}
+            "head": {"batch": 128, "classes": [1000, 8142]}, "inprocess": False}
 
 
 # ----------------------------------------------------------------------------- case execution
@@ -102,6 +104,8 @@ def _dispatch(case: dict) -> dict:
         return paired.run_paired_case(case, plugins)
     if kind == "eval":
         return train_bench.run_eval_case(case, plugins)
+    if kind == "head":
+        return train_bench.run_head_case(case, plugins)
     if kind == "text":
         with tempfile.TemporaryDirectory() as tmp:
             return misc_bench.bench_text(case["model"], case["prompts"], plugins, Path(tmp))
@@ -241,6 +245,13 @@ def markdown(results: dict) -> str:
                   "| precision | images/s | MFU |", "|---|---|---|"]
         for p, e in s["eval"].items():
             lines.append(f"| {p} | {_ips(e['images_per_s'])} | {_f(e['mfu'], 3)} |")
+    if results.get("head"):
+        hd = results["head"]
+        lines += ["", f"Classifier + losses step from cached features (what `--peft none` runs from epoch 2 on; "
+                      f"{hd['model']} features, batch {hd['batch']}, {hd['precision']}):", "",
+                  "| classes | step ms | images/s |", "|---|---|---|"]
+        for K, e in hd["by_classes"].items():
+            lines.append(f"| {K} | {_ips(e['step_ms'])} | {_ips(e['images_per_s'])} |")
     if results.get("predict"):
         pr = results["predict"]
         if "images_per_s" in pr:
@@ -379,6 +390,13 @@ def main(argv=None) -> int:
                                     "precisions": p["eval"]["precisions"]}, p["inprocess"])
         log("eval: " + ", ".join(f"{q} {results['eval'][q]['images_per_s']['median']:.2f} img/s"
                                  for q in p["eval"]["precisions"]))
+    if p.get("head"):
+        prec = p["auto_precision"]
+        results["head"] = run_case({**base, "kind": "head", "batch": p["head"]["batch"], "precision": prec,
+                                    "classes_list": p["head"]["classes"], "warmup": 2,
+                                    "repeats": max(5, p["repeats"] * 3)}, p["inprocess"])
+        log("head step: " + ", ".join(f"K={k} {v['step_ms']['median']:.1f} ms"
+                                      for k, v in results["head"]["by_classes"].items()))
     if p.get("predict_images"):
         results["predict"] = run_case({**base, "kind": "predict", "images": p["predict_images"],
                                        "batch": min(32, p["batch"])}, p["inprocess"])

@@ -356,3 +356,29 @@ def run_eval_case(case: dict, plugins) -> dict:
                               "achieved_gflops": stats([fl["per_step"] / t / 1e9 for t in times]),
                               "memory": mem.result()}
     return results
+
+
+def run_head_case(case: dict, plugins) -> dict:
+    """The classifier + losses step from cached image features: what `--peft none` runs from epoch 2 on
+    (`Trainer._micro_loss` with z, backward, optimizer), for each class count. It is the part of a step
+    that grows with K (logits, h_t over all K prototypes, L_mse and L_dis rows of S)."""
+    device = torch.device(case.get("device", "cpu"))
+    batch, precision = case["batch"], case["precision"]
+    warmup, repeats = case.get("warmup", 2), case.get("repeats", 10)
+    out: dict = {"model": case["model"], "batch": batch, "precision": precision, "by_classes": {}}
+    for K in case["classes_list"]:
+        engine = EngineBench(case["model"], "none", batch, precision, K, plugins, device)
+        tr = engine.trainer
+        z = torch.randn(batch, engine.model.d_m, generator=torch.Generator().manual_seed(K)).to(device)
+
+        def step():
+            loss, _terms = tr._micro_loss(engine.images, engine.targets, engine.denom, z=z)
+            loss.backward()
+            tr.optimizer.step()
+            tr.optimizer.zero_grad(set_to_none=True)
+
+        times = time_repeats(step, device, warmup, repeats)
+        out["by_classes"][str(K)] = {"step_ms": stats([t * 1e3 for t in times]),
+                                     "images_per_s": stats([batch / t for t in times])}
+        del engine, tr
+    return out

@@ -53,12 +53,16 @@ def test_smoke_run_writes_every_section(early_started):
             assert row[p]["speedup_vs_naive"] > 0 and row[p]["mfu"] > 0
     assert res["eval"]["flops"]["per_image"] > 0 and res["summary"]["eval"]
     assert res["predict"]["images"] == res["plan"]["predict_images"]
+    assert list(res["head"]["by_classes"]) == [str(k) for k in res["plan"]["head"]["classes"]]
+    for e in res["head"]["by_classes"].values():
+        assert 0 < e["step_ms"]["min"] <= e["step_ms"]["median"] <= e["step_ms"]["max"]
     assert res["text"]["prompts"] == res["plan"]["text_prompts"]
     for h in res["hierarchy"].values():
         assert "error" not in h, h
         assert h["levels"] == 7 and h["command_max_rss_mb"]["median"] > 0
     assert res["data"]["by_workers"]["0"]["images_per_s"]["median"] > 0
     assert "| adapter |" in stdout  # the Markdown table
+    assert "Classifier + losses step from cached features" in stdout
 
 
 def test_flops_match_the_analytic_count_for_a_vit_block():
