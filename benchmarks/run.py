@@ -70,10 +70,10 @@ def plan(args) -> dict:
                 "hierarchy_repeats": 1, "text_prompts": 8, "data": {"images": 16, "workers": [0], "epochs": 1},
                 "predict_images": 4, "head": {"batch": 8, "classes": [20, 60]}, "inprocess": True}
     if args.quick:
-        return {"mode": "quick", "model": "ViT-B-16", "batch": args.batch or 32, "classes": 1000,
+        return {"mode": "quick", "model": "ViT-B-16", "batch": args.batch or 32, "classes": args.classes,
                 "methods": ["adapter"], "precisions": [auto], "auto_precision": auto, "naive": True,
                 "warmup": 1, "repeats": 3, "peak_n": 4096, "inprocess": False}
-    return {"mode": "full", "model": "ViT-B-16", "batch": args.batch or 32, "classes": 1000,
+    return {"mode": "full", "model": "ViT-B-16", "batch": args.batch or 32, "classes": args.classes,
             "methods": args.methods or PEFT_METHODS, "precisions": precisions, "auto_precision": auto,
             "naive": True, "warmup": 1, "repeats": args.repeats or 3, "peak_n": 4096,
             "eval": {"batch": 32, "precisions": precisions}, "hierarchy_sizes": [1000, 8142], "hierarchy_repeats": 3,
@@ -191,7 +191,8 @@ def quick_line(results: dict) -> dict:
     p = results["plan"]["auto_precision"]
     a = s["train"]["adapter"]
     return {"quick": True, "model": results["plan"]["model"], "method": "adapter", "precision": p,
-            "batch": results["plan"]["batch"], "images_per_s": round(a[p]["images_per_s"]["median"], 3),
+            "batch": results["plan"]["batch"], "classes": results["plan"]["classes"],
+            "images_per_s": round(a[p]["images_per_s"]["median"], 3),
             "naive_images_per_s": round(a["naive_fp32"]["images_per_s"]["median"], 3),
             "speedup_vs_naive": a[p].get("speedup_vs_naive"), "mfu": a[p].get("mfu"),
             "peak_gflops": round(results["matmul_peak"][p]["gflops"]["median"], 1),
@@ -321,6 +322,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", default=None, help="JSON file to write (full run default: benchmarks/results/<device>.json)")
     ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--classes", type=int, default=1000, help="label-set size K of the training cases (iNat: 8142)")
     ap.add_argument("--batch-others", type=int, default=None,
                     help="batch of the methods after the default one (default: --batch); a slow machine's time saver")
     ap.add_argument("--repeats", type=int, default=None)
