@@ -209,6 +209,12 @@ def _ips(d):
     return f"{d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f})"
 
 
+def _table(title: str, columns: list[str], rows: list[list]) -> list[str]:
+    """A titled Markdown table, as lines (with the blank lines around the title)."""
+    return ["", title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+
+
 def markdown(results: dict) -> str:
     s, env, plan_ = results["summary"], results["env"], results["plan"]
     peaks = results["matmul_peak"]
@@ -241,18 +247,15 @@ def markdown(results: dict) -> str:
                       f"{c['hgltr']['compile_first_step_s']:.0f} s."]
     if "eval" in s:
         ev = results["eval"]
-        lines += ["", f"Eval forward (`hgltr eval`'s forward, batch {ev['batch']}, "
-                      f"{ev['flops']['per_image'] / 1e9:.1f} GFLOP/image):", "",
-                  "| precision | images/s | MFU |", "|---|---|---|"]
-        for p, e in s["eval"].items():
-            lines.append(f"| {p} | {_ips(e['images_per_s'])} | {_f(e['mfu'], 3)} |")
+        lines += _table(f"Eval forward (`hgltr eval`'s forward, batch {ev['batch']}, "
+                        f"{ev['flops']['per_image'] / 1e9:.1f} GFLOP/image):", ["precision", "images/s", "MFU"],
+                        [[p, _ips(e["images_per_s"]), _f(e["mfu"], 3)] for p, e in s["eval"].items()])
     if results.get("head"):
         hd = results["head"]
-        lines += ["", f"Classifier + losses step from cached features (what `--peft none` runs from epoch 2 on; "
-                      f"{hd['model']} features, batch {hd['batch']}, {hd['precision']}):", "",
-                  "| classes | step ms | images/s |", "|---|---|---|"]
-        for K, e in hd["by_classes"].items():
-            lines.append(f"| {K} | {_ips(e['step_ms'])} | {_ips(e['images_per_s'])} |")
+        lines += _table(f"Classifier + losses step from cached features (what `--peft none` runs from epoch 2 on; "
+                        f"{hd['model']} features, batch {hd['batch']}, {hd['precision']}):",
+                        ["classes", "step ms", "images/s"],
+                        [[K, _ips(e["step_ms"]), _ips(e["images_per_s"])] for K, e in hd["by_classes"].items()])
     if results.get("predict"):
         pr = results["predict"]
         if "images_per_s" in pr:
