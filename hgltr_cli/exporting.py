@@ -148,6 +148,17 @@ class ExportResult:
     parity: dict
 
 
+def _refuse_interrupted_swap(output: Path) -> None:
+    """An export killed mid-swap leaves the previous bundle's files in a backup folder: the only copy,
+    so no export may go on there until the user has put them back or let them go."""
+    for e in sorted(output.glob(f"{STAGING_PREFIX}old-*")):
+        if e.is_dir() and any(e.iterdir()):
+            raise HgltrError(f"{str(output)!r} holds {e.name}/, the previous bundle's files from an export that was "
+                             "interrupted while replacing them; nothing was changed.",
+                             f"Move its files back into {str(output)!r} (or delete the folder if you do not need "
+                             "them), then export again.")
+
+
 def _prepare_output(output: Path, force: bool) -> tuple[bool, Path, list[str]]:
     """(created, staging dir inside output, names of the old bundle's files that --force replaces).
 
@@ -160,6 +171,7 @@ def _prepare_output(output: Path, force: bool) -> tuple[bool, Path, list[str]]:
     created = not output.exists()
     replaced: list[str] = []
     if not created:
+        _refuse_interrupted_swap(output)
         entries = [e for e in output.iterdir() if not e.name.startswith(STAGING_PREFIX)]
         if entries:
             if not (force and (output / MANIFEST).is_file()):

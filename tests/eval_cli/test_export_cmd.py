@@ -185,6 +185,25 @@ def test_force_failure_while_moving_new_files_in_keeps_the_old_bundle(tiny, tmp_
     assert m["export_format"] == "onnx" and load_bundle(out) is not None
 
 
+def test_an_interrupted_swap_is_reported_not_buried(tiny, tmp_path):
+    """A hard kill mid-swap leaves the old files in a backup folder: the next export names it and
+    touches nothing, so the only copy of the previous bundle is never lost."""
+    out = tmp_path / "b"
+    ok("export", tiny["run"], "-f", "onnx", "--output", out)
+    backup = out / ".hgltr-export-old-abc123"
+    backup.mkdir()
+    (out / "model.onnx").replace(backup / "model.onnx")
+
+    def tree():
+        return {str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
+
+    before = tree()
+    res = invoke("export", tiny["run"], "-f", "onnx", "--output", out, "--force")
+    assert res.exit_code != 0 and "Traceback" not in res.stderr
+    assert ".hgltr-export-old-abc123" in res.stderr and "interrupted" in res.stderr
+    assert tree() == before
+
+
 def test_successful_force_leaves_only_the_new_bundle(tiny, tmp_path):
     from hgltr_cli.bundle import read_manifest, verify_files
 
