@@ -75,12 +75,14 @@ def forward_tta(model, images, tta: str):
     """Logits averaged over the test-time views: flip (image + mirror) or five-crop ((B, 5, C, H, W) input)."""
     import torch
 
+    from hgltr_cli.engine.runtime import inference_logits
+
     if tta == "five-crop":
         b, v = images.shape[:2]
-        return model(images.flatten(0, 1))[0].float().reshape(b, v, -1).mean(1)
-    logits = model(images)[0].float()
+        return inference_logits(model, images.flatten(0, 1)).reshape(b, v, -1).mean(1)
+    logits = inference_logits(model, images)
     if tta == "flip":
-        logits = (logits + model(torch.flip(images, dims=[3]))[0].float()) / 2
+        logits = (logits + inference_logits(model, torch.flip(images, dims=[3]))) / 2
     return logits
 
 

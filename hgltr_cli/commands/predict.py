@@ -80,6 +80,7 @@ def predict_files(predictor: Predictor, files: list[str], *, top_k: int = 5, bat
 
     from hgltr_cli.bundle import eval_transform_for
     from hgltr_cli.data.images import BadImageError, load_image_rgb
+    from hgltr_cli.engine.runtime import inference_logits
 
     if top_k < 1:
         raise HgltrError(f"--top-k must be >= 1, got {top_k}.")
@@ -104,7 +105,7 @@ def predict_files(predictor: Predictor, files: list[str], *, top_k: int = 5, bat
                 results[i] = {"image": f, "error": exc.reason}
         if tensors:
             with torch.no_grad():
-                logits = model(torch.stack(tensors).to(dev))[0].float()
+                logits = inference_logits(model, torch.stack(tensors).to(dev))
             probs = logits.softmax(dim=1).cpu()
             top_p, top_i = probs.topk(k, dim=1)
             for row, i in enumerate(slots):

@@ -74,3 +74,24 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed % (2**32)))
+
+
+# Inference forwards on CPU run best with a small working set: ViT-B-16 at 224 px evaluates at 38
+# images/s in chunks of 16 against 25 in one batch of 64 (bf16; fp32 8.5 vs 7.3), while 64 px
+# images lose nothing at 64 per forward. So CPU forwards are cut to about 16 images of 224 px.
+CPU_INFERENCE_PIXELS = 16 * 224 * 224
+
+
+def inference_chunk(images: torch.Tensor) -> int:
+    """Images per forward for inference: the whole batch off-CPU, a pixel budget on CPU."""
+    if images.device.type != "cpu" or images.dim() < 3:
+        return max(1, len(images))
+    return max(1, CPU_INFERENCE_PIXELS // (images.shape[-1] * images.shape[-2]))
+
+
+def inference_logits(model, images: torch.Tensor) -> torch.Tensor:
+    """model(images)[0] as fp32 logits, run in :func:`inference_chunk`-sized pieces (same values)."""
+    n = inference_chunk(images)
+    if n >= len(images):
+        return model(images)[0].float()
+    return torch.cat([model(part)[0].float() for part in images.split(n)])
