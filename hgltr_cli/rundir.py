@@ -69,18 +69,18 @@ class RunDir:
         return self
 
     def write_config(self, resolved) -> None:
-        from hgltr_cli.engine.checkpoint import atomic_write_bytes
+        from hgltr_cli.atomic import atomic_write_bytes
 
         atomic_write_bytes(self.config, resolved.to_yaml().encode("utf-8"))
 
     def write_hierarchy(self, hierarchy) -> None:
         """Not Hierarchy.save: an OSError must reach the caller, which words it with the run's resume advice."""
-        from hgltr_cli.engine.checkpoint import atomic_write_bytes
+        from hgltr_cli.atomic import atomic_write_bytes
 
         atomic_write_bytes(self.hierarchy, hierarchy.to_text(self.hierarchy).encode("utf-8"))
 
     def write_env(self, info: dict) -> None:
-        from hgltr_cli.engine.checkpoint import atomic_write_json
+        from hgltr_cli.atomic import atomic_write_json
 
         atomic_write_json(self.env, info)
 
@@ -121,7 +121,7 @@ class RunDir:
                     and int(rec.get("epoch", 0)) > completed_epochs):
                 continue
             kept.append(line)
-        from hgltr_cli.engine.checkpoint import atomic_write_bytes
+        from hgltr_cli.atomic import atomic_write_bytes
 
         atomic_write_bytes(self.metrics, ("\n".join(kept) + "\n" if kept else "").encode("utf-8"))
 

@@ -22,10 +22,12 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from hgltr_cli import atomic
+from hgltr_cli.atomic import atomic_write_json
 from hgltr_cli.errors import HgltrError
 from hgltr_cli.hashing import sha256_file
 
@@ -40,52 +42,6 @@ class CheckpointError(HgltrError):
     """A checkpoint that is missing, incomplete or fails its checksum."""
 
 
-
-
-def fsync_dir(path: str | Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def atomic_write_file(path: str | Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` fills a temporary file beside `path`; it is fsynced and renamed onto `path`
-    (never a half-written file), or removed if anything fails."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temporary file, fsync, rename)."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # builtins.open: the fault-injection tests intercept it
-            f.write(data)
-
-    atomic_write_file(path, write)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
 def disk_error(exc: OSError, where: Path, previous: str | None) -> HgltrError:
@@ -175,18 +131,18 @@ def _write_dir(ckpt_root: Path, name: str, model_sd: dict[str, torch.Tensor], op
                   metadata={"format": "hgltr-learnable/1"})
         save_file(optim_tensors, str(tmp / OPTIM_FILE), metadata={"format": "hgltr-optimizer/1"})
         for f in (MODEL_FILE, OPTIM_FILE):
-            _fsync_file(tmp / f)
+            atomic.fsync_file(tmp / f)
         state = dict(state, files={f: sha256_file(tmp / f) for f in (MODEL_FILE, OPTIM_FILE)})
         data = (json.dumps(state, indent=2) + "\n").encode("utf-8")
         with open(tmp / STATE_FILE, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        fsync_dir(tmp)
+        atomic.fsync_dir(tmp)
         if final.exists():  # left over from an interrupted attempt that never reached the index
             shutil.rmtree(final)
         os.rename(tmp, final)
-        fsync_dir(ckpt_root)
+        atomic.fsync_dir(ckpt_root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

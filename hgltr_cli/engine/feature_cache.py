@@ -223,7 +223,7 @@ def save_cache(cache: FeatureCache, directory: str | os.PathLike, key: dict) -> 
     """Write a complete cache: features (tmp file, fsync, rename), then the sidecar with its sha256."""
     from safetensors.torch import save_file
 
-    from hgltr_cli.engine.checkpoint import atomic_write_file, atomic_write_json
+    from hgltr_cli.atomic import atomic_write_file, atomic_write_json
     from hgltr_cli.hashing import sha256_file
 
     if cache.features is None or not cache.complete():

@@ -370,7 +370,7 @@ class Hierarchy:
     def save(self, path: str | Path) -> Path:
         """Write JSON (or YAML for .yaml/.yml) through the shared atomic writer, so a failed write
         (full disk, no permission) leaves no partial or temp file; it is an HgltrError naming the file."""
-        from hgltr_cli.engine.checkpoint import atomic_write_bytes
+        from hgltr_cli.atomic import atomic_write_bytes
         from hgltr_cli.rundir import write_error
 
         p = Path(path)

@@ -1,7 +1,7 @@
 """`python slow_writer.py ARGS...` = `hgltr ARGS...` with the checkpoint writer held open in its windows.
 
 The kill tests need to land a signal *inside* a checkpoint write, which normally lasts a few
-milliseconds. This wrapper patches hgltr_cli.engine.checkpoint's fsync helpers (called at each
+milliseconds. This wrapper patches hgltr_cli.atomic's fsync helpers (called at each
 stage of a write) so that, at each stage, it appends a marker line to $HGLTR_FAULT_LOG and
 sleeps $HGLTR_FAULT_PAUSE seconds. The stages of one checkpoint, in order:
 
@@ -21,9 +21,10 @@ from pathlib import Path
 
 
 def install(log: str, pause: float) -> None:
+    from hgltr_cli import atomic
     from hgltr_cli.engine import checkpoint as ck
 
-    real_fsync_dir, real_fsync_file = ck.fsync_dir, ck._fsync_file
+    real_fsync_dir, real_fsync_file = atomic.fsync_dir, atomic.fsync_file
     state = {"after_tmp": 0}
 
     def mark(stage: str, path) -> None:
@@ -51,8 +52,8 @@ def install(log: str, pause: float) -> None:
             state["after_tmp"] = 0
             mark("indexed", p)
 
-    ck._fsync_file = fsync_file
-    ck.fsync_dir = fsync_dir
+    atomic.fsync_file = fsync_file
+    atomic.fsync_dir = fsync_dir
 
 
 if __name__ == "__main__":
