@@ -28,3 +28,9 @@ def resolve_config(schema_cls: type, *, config: list[str] | None, sets: list[str
 def print_config_and_exit(resolved) -> None:
     typer.echo(resolved.to_yaml(), nl=False)
     raise typer.Exit(0)
+
+
+# eval and predict: the batch is what is loaded and scored at once; on CPU the forward passes are
+# smaller (hgltr_cli.engine.runtime.inference_chunk)
+BATCH_SIZE_HELP = ("Images loaded and scored per batch. On CPU the model sees at most ~16 images of "
+                   "224 px per forward pass (faster there; same results).")

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from hgltr_cli.commands.common import ConfigOpt, SetOpt
+from hgltr_cli.commands.common import BATCH_SIZE_HELP, ConfigOpt, SetOpt
 from hgltr_cli.console import user_errors
 from hgltr_cli.errors import HgltrError
 
@@ -203,7 +203,7 @@ def register(app: typer.Typer) -> None:
             "--zero-shot", help="Evaluate the un-tuned backbone: CLIP's cosine between image embeddings and the "
                                 "run's text prompts (the paper's zero-shot row).")] = False,
         checkpoint: Annotated[str, typer.Option(help="Weights to evaluate: best, last, or a checkpoint name.")] = "best",
-        batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+        batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP)] = 64,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
         skip_bad_images: Annotated[Optional[bool], typer.Option(
             "--skip-bad-images/--no-skip-bad-images",

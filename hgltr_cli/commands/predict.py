@@ -12,6 +12,7 @@ import typer
 
 from rich.markup import escape
 
+from hgltr_cli.commands.common import BATCH_SIZE_HELP
 from hgltr_cli.console import user_errors
 from hgltr_cli.errors import HgltrError
 
@@ -129,7 +130,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option(
             "--json", help="One JSON object per line and image: "
                            '{"image", "predictions": [{"class", "probability"}], "path"} or {"image", "error"}.')] = False,
-        batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+        batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP)] = 32,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
         checkpoint: Annotated[str, typer.Option(help="For a run directory: best, last or a checkpoint name.")] = "best",
     ):
