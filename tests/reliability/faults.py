@@ -37,21 +37,19 @@ class Tally:
     notes: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # kill tests use threads
 
-    def fault(self, survived: bool, what: str = "") -> None:
+    def _count(self, tried: str, ok_field: str, ok: bool, note: str) -> None:
         with self._lock:
-            self.faults_injected += 1
-            if survived:
-                self.faults_survived += 1
-            elif what:
-                self.notes.append(f"fault not survived: {what}")
+            setattr(self, tried, getattr(self, tried) + 1)
+            if ok:
+                setattr(self, ok_field, getattr(self, ok_field) + 1)
+            elif note:
+                self.notes.append(note)
+
+    def fault(self, survived: bool, what: str = "") -> None:
+        self._count("faults_injected", "faults_survived", survived, what and f"fault not survived: {what}")
 
     def bad_input(self, handled: bool, what: str = "") -> None:
-        with self._lock:
-            self.bad_inputs_tried += 1
-            if handled:
-                self.bad_inputs_handled += 1
-            elif what:
-                self.notes.append(f"bad input not handled: {what}")
+        self._count("bad_inputs_tried", "bad_inputs_handled", handled, what and f"bad input not handled: {what}")
 
     def lost(self, what: str) -> None:
         with self._lock:
