@@ -302,6 +302,17 @@ def update_readme(text: str) -> None:
 
 # ----------------------------------------------------------------------------- main
 
+def positive_int(text: str) -> int:
+    """argparse type for counts (batch sizes, classes, repeats): a clear error instead of a crash mid-run."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def command_line(argv_shown: str) -> str:
     """The command that reproduces this run, the oneDNN ISA cap included when one is set."""
     from benchmarks.common import ISA_CAP_VAR, isa_cap
@@ -324,11 +335,11 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny model, seconds (tests)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", default=None, help="JSON file to write (full run default: benchmarks/results/<device>.json)")
-    ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--classes", type=int, default=1000, help="label-set size K of the training cases (iNat: 8142)")
-    ap.add_argument("--batch-others", type=int, default=None,
+    ap.add_argument("--batch", type=positive_int, default=None)
+    ap.add_argument("--classes", type=positive_int, default=1000, help="label-set size K of the training cases (iNat: 8142)")
+    ap.add_argument("--batch-others", type=positive_int, default=None,
                     help="batch of the methods after the default one (default: --batch); a slow machine's time saver")
-    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--repeats", type=positive_int, default=None)
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--compile", action="store_true",
                     help="also time the default method under torch.compile (compile time reported)")

@@ -112,3 +112,15 @@ def test_an_isa_capped_run_says_so_and_keeps_its_own_results(monkeypatch):
                                                  "naive_fp32": {"images_per_s": stat}}}}}
     line = run.quick_line(results)
     assert line["onednn_max_cpu_isa"] == "AVX512_CORE_BF16" and line["classes"] == 8142
+
+
+@pytest.mark.parametrize("argv", [["--classes", "0"], ["--batch", "-4"], ["--repeats", "two"]])
+def test_bad_counts_are_refused_before_anything_runs(argv, capsys):
+    sys.path.insert(0, str(REPO))
+    from benchmarks import run
+
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--quick", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert argv[0] in err and ("at least 1" in err or "whole number" in err)
